@@ -1,0 +1,13 @@
+"""timm_vitvariants: vit-pytorch's RegionViT, ScalableViT, RvT, MaxViT-with-registers and
+Twins-SVT as first-class timm models.
+
+``import timm_vitvariants`` registers every variant with timm, so ``timm.create_model`` finds them.
+"""
+from .version import __version__
+from .convert import from_vit_pytorch
+from . import maxvit_reg
+
+__all__ = ['__version__', 'from_vit_pytorch', 'MODEL_MODULES']
+
+# The family modules, as timm's registry names them (timm.list_models(module=...)).
+MODEL_MODULES = ('maxvit_reg',)

@@ -1,0 +1,71 @@
+"""Registration, pretrained configs and model building shared by the family files."""
+import sys
+from typing import Any, Callable, Dict, Type, TypeVar
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, register_model
+from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
+from timm.models._registry import _model_to_module
+
+ModelT = TypeVar('ModelT')
+
+PACKAGE = __name__.rsplit('.', 1)[0]
+VIT_PYTORCH_URL = 'https://github.com/lucidrains/vit-pytorch'
+
+
+def register_variant(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """timm's ``register_model``, refusing names timm already has (timm would silently replace its
+    own model with ours)."""
+    owner = _model_to_module.get(fn.__name__)
+    if owner is not None and sys.modules.get(fn.__module__) is not None:
+        ours = {m.rsplit('.', 1)[-1] for m in sys.modules if m.startswith(PACKAGE + '.')}
+        if owner not in ours:
+            raise RuntimeError(
+                f'{fn.__name__!r} is already a timm model (module {owner!r}); '
+                f'{PACKAGE} must not replace it, choose another name')
+    return register_model(fn)
+
+
+def base_cfg(**kwargs: Any) -> Dict[str, Any]:
+    """Pretrained-cfg defaults for every variant: ImageNet-1k classification at 224."""
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.95, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'license': 'apache-2.0', 'origin_url': VIT_PYTORCH_URL,
+        **kwargs,
+    }
+
+
+def build_variant(
+        model_cls: Type[ModelT],
+        variant: str,
+        pretrained: bool = False,
+        pretrained_filter_fn: Callable = None,
+        num_feature_taps: int = 4,
+        **kwargs: Any,
+) -> ModelT:
+    """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter')
+    and a clear error, instead of random weights, when no weights are published."""
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+        )
+        if not _resolve_pretrained_source(cfg.to_dict())[0]:
+            raise RuntimeError(
+                f'No pretrained weights are published for {variant!r}. Create it with pretrained=False, '
+                f'or load your own: timm.create_model({variant!r}, pretrained=True, '
+                f'pretrained_cfg_overlay=dict(file="model.safetensors")), '
+                f'timm.create_model("hf-hub:ORG/REPO", pretrained=True), or convert a vit-pytorch model '
+                f'with timm_vitvariants.from_vit_pytorch(model).')
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=pretrained_filter_fn,
+        # features_only goes through forward_intermediates; by default all taps (an int = last n)
+        feature_cfg=dict(feature_cls='getter', out_indices=num_feature_taps),
+        **kwargs,
+    )

@@ -1,0 +1,161 @@
+"""The timm model API for hierarchical (stem -> stages -> norm -> head) models, written once.
+
+A family model subclasses :class:`StageModel` and builds ``input_check`` (a
+:class:`~timm_vitvariants.layers.ImageCheck`), ``stem``, ``stages`` (an ``nn.Sequential`` of stage
+modules that each honour a ``grad_checkpointing`` flag), ``norm``, ``head`` (a timm
+``ClassifierHead`` or ``NormMlpClassifierHead``) and ``feature_info``. Everything else -- ``forward_features``, ``forward_head``,
+``forward_intermediates``, ``prune_intermediate_layers``, ``reset_classifier``,
+``group_matcher``, ``no_weight_decay``, ``set_grad_checkpointing`` -- comes from here and behaves
+as in timm's own model files.
+"""
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+from torch import nn
+
+from timm.layers import get_device_dtype
+from timm.models._features import feature_take_indices
+
+# Parameters that should not be decayed, matched anywhere in a parameter's name.
+NO_WEIGHT_DECAY_KEYS = ('relative_position_bias_table', 'register_tokens', 'cls_token')
+
+
+def to_format(x: torch.Tensor, output_fmt: str) -> torch.Tensor:
+    """NCHW -> NCHW or NHWC"""
+    return x.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x
+
+
+class StageModel(nn.Module):
+    """Base class: the shared model API over ``stem``, ``stages``, ``norm`` and ``head``."""
+    # Whether the stem output is feature tap 0 (MaxViT: stride 2) or the stages alone are taps.
+    stem_is_feature: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    # --- timm API ---
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=[(r'^stages\.(\d+)', None), (r'^norm', (99999,))] if coarse else [
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^stages\.(\d+)\.norm', (99999,)),  # a stage's closing norm joins its last block
+                (r'^stages\.(\d+)', (0,)),  # downsample / position encoding join the first block
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {n for n, _ in self.named_parameters() if any(k in n for k in NO_WEIGHT_DECAY_KEYS)}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(
+            self,
+            num_classes: int,
+            global_pool: Optional[str] = None,
+            reset_other: bool = False,
+    ) -> None:
+        self.num_classes = num_classes
+        self.head.reset(
+            num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
+            **get_device_dtype(self))
+        self.head_hidden_size = self.head.num_features
+        if global_pool is not None:
+            self.global_pool = global_pool
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns intermediates.
+
+        Args:
+            x: Input image tensor (B, C, H, W).
+            indices: Take last n taps if int, all if None, select matching indices if sequence.
+            norm: Apply the final norm to the last tap.
+            stop_early: Stop iterating over stages when the last wanted tap is reached.
+            output_fmt: 'NCHW' or 'NHWC'.
+            intermediates_only: Only return the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        x = self.input_check(x)
+        offset = 1 if self.stem_is_feature else 0
+        take_indices, max_index = feature_take_indices(len(self.stages) + offset, indices)
+        last_idx = len(self.stages) - 1 + offset
+        intermediates: List[torch.Tensor] = []
+
+        x = self.stem(x)
+        feat_idx = 0
+        if offset and feat_idx in take_indices:
+            intermediates.append(to_format(x, output_fmt))
+
+        if torch.jit.is_scripting() or not stop_early:  # can't slice stages in torchscript
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1 - offset]
+        for i, stage in enumerate(stages):
+            feat_idx = i + offset
+            x = stage(x)
+            if feat_idx in take_indices:
+                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
+                intermediates.append(to_format(x_inter, output_fmt))
+
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Prune stages (and norm / head) not needed for the given taps."""
+        offset = 1 if self.stem_is_feature else 0
+        take_indices, max_index = feature_take_indices(len(self.stages) + offset, indices)
+        prune_end = max_index < len(self.stages) - 1 + offset
+        self.stages = self.stages[:max_index + 1 - offset]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()  # the final norm belongs to the last stage
+        if prune_end:
+            # features now end at the last kept tap: the head is sized for them
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '', reset_other=True)
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_check(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        x = self.norm(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x

@@ -1,0 +1,447 @@
+"""MaxViT with register tokens: ``maxvit_reg_{tiny,small,base}``
+
+MaxViT: Multi-Axis Vision Transformer -- Tu et al., https://arxiv.org/abs/2204.01697
+Vision Transformers Need Registers -- Darcet et al., https://arxiv.org/abs/2309.16588
+Behaviour reference: vit-pytorch's ``max_vit_with_registers.MaxViT`` (``from_vit_pytorch``
+converts any of its instances to this model with the same outputs).
+
+Each block is an MBConv, then block attention over non-overlapping windows with the block's
+register tokens prepended to every window, then grid attention over dilated grids with those
+registers averaged across windows; registers are dropped at the end of the block.
+
+Differences from vit-pytorch:
+  * stochastic depth is real DropPath on every residual branch (the reference's ``Dropsample``
+    builds a 4-element tensor instead of a per-sample mask) and dropout defaults to 0 (the
+    reference silently uses 0.1); ``drop_rate``/``proj_drop_rate``/``attn_drop_rate`` map timm's
+    usual arguments explicitly.
+  * the MBConv convs that feed a BatchNorm carry no bias (it is folded into the BatchNorm's
+    running mean on conversion, exact in eval and a no-op in training).
+  * ``in_chans``, ``num_classes``/``global_pool``, ``window_size`` and the squeeze-excitation width
+    are arguments; the named variants use an SE width of 1/16 of the expanded width as the paper.
+  * bad inputs raise ``ValueError``/``TypeError`` naming the valid sizes.
+Differences from the paper: register tokens; a stem of two plain 3x3 convs (no norm/activation in
+between) and no MBConv shortcut projection on stage-entry blocks, both as vit-pytorch.
+"""
+from functools import partial
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+import timm
+from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SqueezeExcite, use_fused_attn
+from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.models import checkpoint, generate_default_cfgs, named_apply, register_notrace_module
+
+from ._factory import base_cfg, build_variant, register_variant
+from .base import StageModel
+from .convert import load_converted, register_converter
+from .layers import (
+    ImageCheck, RelPosBias, grid_partition, grid_reverse, init_weights, nearest_multiples, scaled_dot_attention,
+    window_partition, window_reverse,
+)
+
+__all__ = ['MaxViTReg']
+
+
+class MBConv(nn.Module):
+    """Inverted bottleneck: 1x1 expand -> depthwise 3x3 (stride) -> squeeze-excite -> 1x1 project,
+    BatchNorm after every conv, GELU after the first two. Residual only where shapes allow."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            expand_ratio: float = 4.,
+            se_ratio: float = 0.25,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        mid_chs = int(out_chs * expand_ratio)
+        self.conv_pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(mid_chs, **dd)
+        self.conv_dw = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=mid_chs, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(mid_chs, **dd)
+        self.act = nn.GELU()
+        self.se = SqueezeExcite(mid_chs, rd_channels=int(mid_chs * se_ratio), bias=False, act_layer=nn.SiLU, **dd)
+        self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
+        self.bn3 = nn.BatchNorm2d(out_chs, **dd)
+        self.has_skip = in_chs == out_chs and stride == 1
+        self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.act(self.bn1(self.conv_pw(x)))
+        x = self.act(self.bn2(self.conv_dw(x)))
+        x = self.bn3(self.conv_pwl(self.se(x)))
+        if self.has_skip:
+            x = self.drop_path(x) + shortcut
+        return x
+
+
+class RegisterAttention(nn.Module):
+    """Multi-head self-attention over one window (or grid group) with register tokens in front,
+    plus a relative-position bias whose extra slot covers every pair involving a register."""
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            head_dim: int = 32,
+            window_size: Tuple[int, int] = (7, 7),
+            num_registers: int = 4,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = dim // head_dim
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.rel_pos = RelPosBias(window_size, self.num_heads, num_registers, prefix_bias=True, **dd)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, bias=False, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape  # (windows, registers + window tokens, C)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = scaled_dot_attention(
+            q, k, v, self.rel_pos(), dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class MaxViTRegBlock(nn.Module):
+    """MBConv -> block attention (+ registers) -> MLP -> grid attention (+ mean registers) -> MLP."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            dim: int,
+            stride: int = 1,
+            head_dim: int = 32,
+            window_size: Tuple[int, int] = (7, 7),
+            num_registers: int = 4,
+            mlp_ratio: float = 4.,
+            mbconv_ratio: float = 4.,
+            se_ratio: float = 0.25,
+            qkv_bias: bool = False,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.window_size = window_size
+        self.num_registers = num_registers
+        self.conv = MBConv(in_chs, dim, stride, mbconv_ratio, se_ratio, drop_path, **dd)
+        self.register_tokens = nn.Parameter(torch.zeros(num_registers, dim, **dd))
+        attn = partial(
+            RegisterAttention, dim, head_dim, window_size, num_registers, qkv_bias, attn_drop, proj_drop, **dd)
+        mlp = partial(Mlp, dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.norm1, self.block_attn = nn.LayerNorm(dim, **dd), attn()
+        self.norm2, self.block_mlp = nn.LayerNorm(dim, **dd), mlp()
+        self.norm3, self.grid_attn = nn.LayerNorm(dim, **dd), attn()
+        self.norm4, self.grid_mlp = nn.LayerNorm(dim, **dd), mlp()
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.register_tokens, std=.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        B, C, H, W = x.shape
+        R = self.num_registers
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+
+        # block attention: every window attends together with its own copy of the registers
+        t = window_partition(x, self.window_size)  # (B * nW, wh * ww, C)
+        t = torch.cat([self.register_tokens.expand(t.shape[0], -1, -1), t], dim=1)
+        t = t + self.drop_path(self.block_attn(self.norm1(t)))
+        t = t + self.drop_path(self.block_mlp(self.norm2(t)))
+        registers = t[:, :R].reshape(B, -1, R, C).mean(1)  # (B, R, C): averaged over windows
+        x = window_reverse(t[:, R:], self.window_size, H, W)
+
+        # grid attention: dilated groups spanning the map, with the averaged registers
+        t = grid_partition(x, self.window_size)  # (B * nG, gh * gw, C)
+        registers = registers.unsqueeze(1).expand(-1, t.shape[0] // B, -1, -1).reshape(-1, R, C)
+        t = torch.cat([registers, t], dim=1)
+        t = t + self.drop_path(self.grid_attn(self.norm3(t)))
+        t = t[:, R:]  # registers are discarded, the MLP sees the map tokens only
+        t = t + self.drop_path(self.grid_mlp(self.norm4(t)))
+        x = grid_reverse(t, self.window_size, H, W)
+        return x.permute(0, 3, 1, 2)
+
+
+class MaxViTRegStage(nn.Module):
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            depth: int,
+            drop_path: List[float],
+            device=None,
+            dtype=None,
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.Sequential(*[
+            MaxViTRegBlock(
+                in_chs if i == 0 else out_chs, out_chs, stride=2 if i == 0 else 1, drop_path=drop_path[i],
+                device=device, dtype=dtype, **block_kwargs)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+        return x
+
+
+class Stem(nn.Module):
+    """Two 3x3 convs, the first with stride 2 (no norm or activation in between, as vit-pytorch)."""
+
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
+@register_notrace_module  # FX leaf: it branches on concrete shapes
+class WindowFitCheck(ImageCheck):
+    """Every stage's map (input / 4, 8, 16, 32, rounded up) must divide into whole windows."""
+
+    def __init__(self, model_name: str, in_chans: int, window_size: int, num_stages: int):
+        super().__init__(model_name, in_chans)
+        self.window_size = window_size
+        self.num_stages = num_stages
+
+    def check_size(self, height: int, width: int) -> None:
+        w = self.window_size
+        fits = True
+        for i in range(self.num_stages):
+            stride = 2 ** (i + 2)
+            fits = fits and ((height + stride - 1) // stride) % w == 0 and ((width + stride - 1) // stride) % w == 0
+        if not fits:
+            unit = w * 2 ** (self.num_stages + 1)
+            raise ValueError(
+                f'{self.model_name} needs every stage\'s feature map to divide into {w}x{w} windows, which '
+                f'{height}x{width} does not: use a height and width that are multiples of {unit}; the nearest '
+                f'valid sizes are {nearest_multiples(height, unit)} x {nearest_multiples(width, unit)}')
+
+
+class MaxViTReg(StageModel):
+    """MaxViT with register tokens.
+
+    Args:
+        in_chans: Number of input image channels.
+        num_classes: Number of classes, 0 for no classifier.
+        global_pool: 'avg' or '' (no pooling).
+        embed_dim: Width of the first stage, doubled per stage (vit-pytorch ``dim``), or one width per stage.
+        depths: Blocks per stage (vit-pytorch ``depth``).
+        head_dim: Channels per attention head (vit-pytorch ``dim_head``).
+        stem_width: Stem width, defaults to the first stage's (vit-pytorch ``dim_conv_stem``).
+        window_size: Side of the block windows and of the grid groups.
+        num_registers: Register tokens per block (vit-pytorch ``num_register_tokens``).
+        mlp_ratio: MLP hidden width over block width.
+        mbconv_ratio: MBConv expansion (vit-pytorch ``mbconv_expansion_rate``).
+        se_ratio: Squeeze-excitation width over the expanded width (vit-pytorch ``mbconv_shrinkage_rate``).
+        qkv_bias: Bias in the qkv projection.
+        drop_rate: Dropout before the classifier.
+        proj_drop_rate: Dropout after the attention projection and in the MLPs.
+        attn_drop_rate: Dropout on the attention weights.
+        drop_path_rate: Stochastic depth, linear over the blocks.
+    """
+    stem_is_feature = True
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: Union[int, Tuple[int, ...]] = 64,
+            depths: Tuple[int, ...] = (2, 2, 5, 2),
+            head_dim: int = 32,
+            stem_width: Optional[int] = None,
+            window_size: int = 7,
+            num_registers: int = 4,
+            mlp_ratio: float = 4.,
+            mbconv_ratio: float = 4.,
+            se_ratio: float = 0.25,
+            qkv_bias: bool = False,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        num_stages = len(depths)
+        dims = [embed_dim * 2 ** i for i in range(num_stages)] if isinstance(embed_dim, int) else list(embed_dim)
+        if len(dims) != num_stages:
+            raise ValueError(f'embed_dim needs one width per stage ({num_stages}), got {embed_dim}')
+        if any(d % head_dim for d in dims):
+            raise ValueError(f'every stage width must be a multiple of head_dim={head_dim}, got {dims}')
+        if num_registers < 1:
+            raise ValueError(f'num_registers must be at least 1, got {num_registers}')
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        stem_width = stem_width or dims[0]
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+
+        self.input_check = WindowFitCheck(type(self).__name__, in_chans, window_size, num_stages)
+        self.stem = Stem(in_chans, stem_width, **dd)
+        self.feature_info = [dict(num_chs=stem_width, reduction=2, module='stem')]
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
+        stages, in_chs, first = [], stem_width, 0
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            stages.append(MaxViTRegStage(
+                in_chs, dim, depth, dpr[first:first + depth], head_dim=head_dim,
+                window_size=(window_size, window_size), num_registers=num_registers, mlp_ratio=mlp_ratio,
+                mbconv_ratio=mbconv_ratio, se_ratio=se_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate, **dd))
+            self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 2), module=f'stages.{i}'))
+            in_chs, first = dim, first + depth
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.Identity()  # the head normalizes after pooling, as vit-pytorch
+        self.head = NormMlpClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+            norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
+        named_apply(init_weights, self)
+
+
+# --- vit-pytorch conversion -------------------------------------------------------------------
+
+def _mbconv_net(conv: nn.Module) -> nn.Sequential:
+    return conv.fn if hasattr(conv, 'fn') else conv  # MBConvResidual wraps the Sequential
+
+
+def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
+    dims: List[int] = []
+    depths: List[int] = []
+    for conv, _, _ in ref.layers:
+        net = _mbconv_net(conv)
+        if net[3].stride[0] == 2:  # depthwise conv with stride 2 opens a stage
+            dims.append(net[7].out_channels)
+            depths.append(0)
+        depths[-1] += 1
+    first = _mbconv_net(ref.layers[0][0])
+    attn = ref.layers[0][1][0]
+    hidden = first[0].out_channels
+    return dict(
+        in_chans=ref.conv_stem[0].in_channels,
+        num_classes=ref.mlp_head[-1].out_features,
+        embed_dim=tuple(dims),
+        depths=tuple(depths),
+        head_dim=dims[0] // attn.heads,
+        stem_width=ref.conv_stem[0].out_channels,
+        window_size=ref.window_size,
+        num_registers=ref.register_tokens[0].shape[0],
+        mbconv_ratio=hidden / dims[0],
+        se_ratio=first[6].gate[1].out_features / hidden,
+        proj_drop_rate=attn.attend[1].p,
+        attn_drop_rate=attn.attend[1].p,
+    )
+
+
+def _load_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, ref_conv: nn.Conv2d, ref_bn: nn.BatchNorm2d) -> None:
+    """Copies a biased conv + BatchNorm into a bias-free conv + BatchNorm: BN(z + b) == BN'(z) with
+    running_mean' = running_mean - b (and batch statistics cancel b anyway)."""
+    conv.weight.copy_(ref_conv.weight)
+    bn.load_state_dict(ref_bn.state_dict())
+    if ref_conv.bias is not None:
+        bn.running_mean.sub_(ref_conv.bias)
+
+
+@register_converter('vit_pytorch.max_vit_with_registers.MaxViT')
+@torch.no_grad()
+def _from_vit_pytorch(ref: nn.Module) -> MaxViTReg:
+    config = _config_from_vit_pytorch(ref)
+    model = timm.create_model('maxvit_reg_tiny', **config)
+    model.stem.conv1.load_state_dict(ref.conv_stem[0].state_dict())
+    model.stem.conv2.load_state_dict(ref.conv_stem[1].state_dict())
+    blocks = [block for stage in model.stages for block in stage.blocks]
+    for block, (conv, (block_attn, block_ff), (grid_attn, grid_ff)), registers in zip(
+            blocks, ref.layers, ref.register_tokens):
+        net = _mbconv_net(conv)
+        _load_conv_bn(block.conv.conv_pw, block.conv.bn1, net[0], net[1])
+        _load_conv_bn(block.conv.conv_dw, block.conv.bn2, net[3], net[4])
+        block.conv.se.fc1.weight.copy_(net[6].gate[1].weight[:, :, None, None])
+        block.conv.se.fc2.weight.copy_(net[6].gate[3].weight[:, :, None, None])
+        _load_conv_bn(block.conv.conv_pwl, block.conv.bn3, net[7], net[8])
+        block.register_tokens.copy_(registers)
+        for norm, attn, ref_attn in ((block.norm1, block.block_attn, block_attn), (block.norm3, block.grid_attn, grid_attn)):
+            norm.load_state_dict(ref_attn.norm.state_dict())
+            attn.qkv.load_state_dict(ref_attn.to_qkv.state_dict())
+            attn.rel_pos.relative_position_bias_table.copy_(ref_attn.rel_pos_bias.weight)
+            attn.proj.load_state_dict(ref_attn.to_out[0].state_dict())
+        for norm, mlp, ref_ff in ((block.norm2, block.block_mlp, block_ff), (block.norm4, block.grid_mlp, grid_ff)):
+            norm.load_state_dict(ref_ff[0].state_dict())
+            mlp.fc1.load_state_dict(ref_ff[1].state_dict())
+            mlp.fc2.load_state_dict(ref_ff[4].state_dict())
+    model.head.norm.load_state_dict(ref.mlp_head[1].state_dict())
+    model.get_classifier().load_state_dict(ref.mlp_head[2].state_dict())
+    model.model_args = config
+    return model
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def _create_maxvit_reg(variant: str, pretrained: bool = False, **kwargs: Any) -> MaxViTReg:
+    return build_variant(MaxViTReg, variant, pretrained, num_feature_taps=5, **kwargs)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return base_cfg(
+        first_conv='stem.conv1', classifier='head.fc', min_input_size=(3, 224, 224),
+        paper_ids=('arXiv:2204.01697', 'arXiv:2309.16588'),
+        paper_name='MaxViT: Multi-Axis Vision Transformer (with register tokens)',
+        **kwargs)
+
+
+# Publishing weights adds a tagged entry, e.g. 'maxvit_reg_tiny.in1k': _cfg(hf_hub_id='org/maxvit_reg_tiny.in1k').
+default_cfgs = generate_default_cfgs({
+    'maxvit_reg_tiny': _cfg(),
+    'maxvit_reg_small': _cfg(),
+    'maxvit_reg_base': _cfg(),
+})
+
+
+@register_variant
+def maxvit_reg_tiny(pretrained: bool = False, **kwargs: Any) -> MaxViTReg:
+    model_args = dict(embed_dim=64, depths=(2, 2, 5, 2), stem_width=64, se_ratio=0.0625)
+    return _create_maxvit_reg('maxvit_reg_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def maxvit_reg_small(pretrained: bool = False, **kwargs: Any) -> MaxViTReg:
+    model_args = dict(embed_dim=96, depths=(2, 2, 5, 2), stem_width=64, se_ratio=0.0625)
+    return _create_maxvit_reg('maxvit_reg_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def maxvit_reg_base(pretrained: bool = False, **kwargs: Any) -> MaxViTReg:
+    model_args = dict(embed_dim=96, depths=(2, 6, 14, 2), stem_width=64, se_ratio=0.0625)
+    return _create_maxvit_reg('maxvit_reg_base', pretrained=pretrained, **dict(model_args, **kwargs))
