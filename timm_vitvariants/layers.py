@@ -191,7 +191,7 @@ class ImageCheck(nn.Module):
         name, chans = self.model_name, self.in_chans
         if x.dim() != 4:
             raise ValueError(
-                f'{name} expects a 4-D image batch (B, {chans}, H, W), got a {x.dim()}-D tensor of shape {x.shape}')
+                f'{name} expects a 4-D image batch (B, {chans}, H, W), got a {x.dim()}-D tensor of shape {list(x.shape)}')
         if not torch.is_floating_point(x):
             raise TypeError(
                 f'{name} expects a floating point image batch (float32, float16 or bfloat16), got {x.dtype}; '
@@ -200,7 +200,7 @@ class ImageCheck(nn.Module):
             raise ValueError(f'{name} got an empty batch (B=0), pass at least one image')
         if x.shape[1] != chans:
             raise ValueError(
-                f'{name} was built for {chans} input channels, got {x.shape[1]} (input shape {x.shape}); '
+                f'{name} was built for {chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); '
                 f'create it with in_chans={x.shape[1]} for such images')
         self.check_size(x.shape[2], x.shape[3])
         return x
@@ -212,14 +212,15 @@ class ImageCheck(nn.Module):
         if height % m or width % m:
             raise ValueError(
                 f'{name} needs a height and width that are multiples of {m}, got {height}x{width}; '
-                f'the nearest valid sizes are {nearest_multiples(height, m)} x {nearest_multiples(width, m)}')
+                f'the nearest valid sizes are height {nearest_multiples(height, m)}, width {nearest_multiples(width, m)}')
 
 
-def nearest_multiples(size: int, multiple: int) -> List[int]:
-    """The multiples of ``multiple`` just below and above ``size`` (at least ``multiple``)."""
+def nearest_multiples(size: int, multiple: int) -> str:
+    """The multiples of ``multiple`` just below and above ``size`` (at least ``multiple``), as text."""
     below = max(multiple, size // multiple * multiple)
-    above = below if below >= size else below + multiple
-    return [below, above] if below != above else [below]
+    if below >= size:
+        return str(below)
+    return f'{below} or {below + multiple}'
 
 
 # --- weight init ------------------------------------------------------------------------------

@@ -237,14 +237,14 @@ class WindowFitCheck(ImageCheck):
         w = self.window_size
         fits = True
         for i in range(self.num_stages):
-            stride = 2 ** (i + 2)
+            stride = 1 << (i + 2)
             fits = fits and ((height + stride - 1) // stride) % w == 0 and ((width + stride - 1) // stride) % w == 0
         if not fits:
-            unit = w * 2 ** (self.num_stages + 1)
+            unit = w << (self.num_stages + 1)
             raise ValueError(
                 f'{self.model_name} needs every stage\'s feature map to divide into {w}x{w} windows, which '
                 f'{height}x{width} does not: use a height and width that are multiples of {unit}; the nearest '
-                f'valid sizes are {nearest_multiples(height, unit)} x {nearest_multiples(width, unit)}')
+                f'valid sizes are height {nearest_multiples(height, unit)}, width {nearest_multiples(width, unit)}')
 
 
 class MaxViTReg(StageModel):
