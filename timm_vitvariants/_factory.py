@@ -2,9 +2,12 @@
 import sys
 from typing import Any, Callable, Dict, Type, TypeVar
 
+import torch
+
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
+from timm.models._features import FeatureGetterNet
 from timm.models._registry import _model_to_module
 
 ModelT = TypeVar('ModelT')
@@ -24,6 +27,15 @@ def register_variant(fn: Callable[..., Any]) -> Callable[..., Any]:
                 f'{fn.__name__!r} is already a timm model (module {owner!r}); '
                 f'{PACKAGE} must not replace it, choose another name')
     return register_model(fn)
+
+
+class FeatureGetter(FeatureGetterNet):
+    """timm's ``features_only`` wrapper over ``forward_intermediates``, plus the
+    ``set_grad_checkpointing`` detection and segmentation trainers call on a backbone."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
 
 
 def base_cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -66,6 +78,6 @@ def build_variant(
         pretrained,
         pretrained_filter_fn=pretrained_filter_fn,
         # features_only goes through forward_intermediates; by default all taps (an int = last n)
-        feature_cfg=dict(feature_cls='getter', out_indices=num_feature_taps),
+        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
         **kwargs,
     )

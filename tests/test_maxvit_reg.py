@@ -1,0 +1,106 @@
+"""MaxViT with register tokens: parity with vit-pytorch, sizes, variants, what the reference got wrong."""
+import pytest
+import torch
+from torch import nn
+
+import timm
+import timm_vitvariants
+from timm_vitvariants.maxvit_reg import MaxViTReg
+
+from parity import assert_parity, randomize_
+
+from vit_pytorch.max_vit_with_registers import MaxViT
+
+
+def tiny(**kwargs) -> MaxViTReg:
+    args = dict(embed_dim=32, depths=(1, 1), head_dim=16, window_size=4, num_classes=10)
+    return timm.create_model('maxvit_reg_tiny', **dict(args, **kwargs))
+
+
+@pytest.mark.parametrize('config, size', [
+    (dict(dim=32, depth=(1, 2), dim_head=16, window_size=4, num_register_tokens=2), (32, 64)),
+    (dict(dim=32, depth=(2, 1, 1), dim_head=8, dim_conv_stem=24, window_size=2, mbconv_expansion_rate=3,
+          mbconv_shrinkage_rate=0.5, num_register_tokens=1, channels=1, dropout=0.2), (64, 32)),
+    (dict(dim=64, depth=(1, 1, 1, 1), dim_head=32, window_size=7, num_register_tokens=4), (224, 224)),
+])
+def test_parity_with_vit_pytorch(config, size):
+    torch.manual_seed(0)
+    ref = randomize_(MaxViT(num_classes=7, **config))
+    ours = timm_vitvariants.from_vit_pytorch(ref)
+    assert isinstance(ours, MaxViTReg)
+    x = torch.randn(2, config.get('channels', 3), *size)
+    assert_parity(ref, ours, x)
+
+
+def test_conversion_keeps_mode_and_config():
+    ref = MaxViT(num_classes=5, dim=32, depth=(1, 1), dim_head=16, window_size=4, dim_conv_stem=16)
+    ours = timm_vitvariants.from_vit_pytorch(ref.train())
+    assert ours.training
+    assert ours.model_args['embed_dim'] == (32, 64) and ours.model_args['stem_width'] == 16
+    assert ours.num_classes == 5 and ours.in_chans == 3
+
+
+@pytest.mark.parametrize('name, params_m, gmacs', [
+    ('maxvit_reg_tiny', 30.5, 5.7), ('maxvit_reg_small', 67.9, 12.0), ('maxvit_reg_base', 118.5, 24.8)])
+def test_variant_size(name, params_m, gmacs):
+    from timm_vitvariants.info import variant_info
+    info = variant_info(name)
+    assert info.params_m == pytest.approx(params_m, rel=0.01)
+    assert info.gmacs == pytest.approx(gmacs, rel=0.02)
+
+
+@pytest.mark.parametrize('size', [(32, 32), (32, 64), (64, 32), (96, 128)])
+def test_valid_sizes_give_features_at_strides(size):
+    model = tiny(depths=(1, 1, 1), window_size=2).eval()
+    features = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+    for f, stride in zip(features, (2, 4, 8, 16)):
+        assert f.shape[-2:] == (size[0] // stride, size[1] // stride)
+
+
+def test_window_size_is_per_model():
+    model = timm.create_model('maxvit_reg_tiny', window_size=8, depths=(1, 1, 1, 1), num_classes=3).eval()
+    assert model(torch.randn(1, 3, 256, 256)).shape == (1, 3)
+    with pytest.raises(ValueError, match='multiples of 256'):
+        model(torch.randn(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize('size, nearest', [((200, 224), 'height 224, width 224'), ((300, 448), 'height 224 or 448')])
+def test_invalid_size_names_nearest_valid_sizes(size, nearest):
+    model = timm.create_model('maxvit_reg_tiny', depths=(1, 1, 1, 1)).eval()
+    with pytest.raises(ValueError, match=nearest):
+        model(torch.randn(1, 3, *size))
+
+
+def test_no_dropout_by_default_and_real_drop_path():
+    model = tiny().train()
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(model(x), model(x))  # deterministic in train mode: no hidden dropout
+    model = tiny(drop_path_rate=0.5).train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    b = model(x)
+    assert not torch.allclose(a, b)
+    # per-sample masks: each sample's residual branches are dropped together or kept
+    drop_path = model.stages[1].blocks[0].drop_path
+    out = drop_path(torch.ones(64, 3, 2, 2))
+    per_sample = out.flatten(1)
+    assert set(per_sample.unique().tolist()) <= {0., 1. / (1 - drop_path.drop_prob)}
+    assert (per_sample == per_sample[:, :1]).all()
+
+
+def test_register_tokens_are_learned_and_excluded_from_weight_decay():
+    model = tiny()
+    names = {n for n, _ in model.named_parameters()}
+    tokens = {n for n in names if n.endswith('register_tokens')}
+    assert tokens and tokens <= model.no_weight_decay()
+    assert any('relative_position_bias_table' in n for n in model.no_weight_decay())
+
+
+def test_unsupported_vit_pytorch_class():
+    from vit_pytorch.max_vit import MaxViT as PlainMaxViT
+    ref = PlainMaxViT(num_classes=3, dim=32, depth=(1,), dim_head=16, window_size=4)
+    with pytest.raises(TypeError, match='max_vit_with_registers.MaxViT'):
+        timm_vitvariants.from_vit_pytorch(ref)
+    with pytest.raises(TypeError, match='nn.Module'):
+        timm_vitvariants.from_vit_pytorch({'state': 'dict'})

@@ -1,0 +1,66 @@
+"""Facts about the registered variants: size, cost, input size, feature strides, weights."""
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import timm
+from timm.models import get_arch_pretrained_cfgs
+
+from . import MODEL_MODULES
+
+
+@dataclass
+class VariantInfo:
+    name: str
+    family: str
+    params_m: float
+    gmacs: float
+    input_size: Tuple[int, int, int]
+    feature_strides: Tuple[int, ...]
+    feature_channels: Tuple[int, ...]
+    weights: Tuple[str, ...]  # published 'name.tag' entries with weights
+
+
+SIZES = ('tiny', 'small', 'base')
+
+
+def list_variants() -> List[str]:
+    """Every registered variant, family by family, smallest first."""
+    def size_rank(name: str) -> int:
+        size = name.rsplit('_', 1)[-1]
+        return SIZES.index(size) if size in SIZES else len(SIZES)
+    names: List[str] = []
+    for module in MODEL_MODULES:
+        names += sorted(timm.list_models(module=module), key=lambda n: (size_rank(n), n))
+    return names
+
+
+def published_weights(name: str) -> Tuple[str, ...]:
+    cfgs = get_arch_pretrained_cfgs(name)
+    return tuple(f'{name}.{tag}' if tag else name for tag, cfg in cfgs.items() if cfg.has_weights)
+
+
+def count_gmacs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> float:
+    """Multiply-accumulates of one forward pass (matmuls, convs, attention), in billions."""
+    x = torch.empty(1, *input_size, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 2e9
+
+
+def variant_info(name: str) -> VariantInfo:
+    """Builds the variant on the meta device (no memory, no init) and measures it."""
+    model = timm.create_model(name, device='meta').eval()
+    input_size = tuple(model.pretrained_cfg['input_size'])
+    return VariantInfo(
+        name=name,
+        family=type(model).__module__.rsplit('.', 1)[-1],
+        params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+        gmacs=count_gmacs(model, input_size),
+        input_size=input_size,
+        feature_strides=tuple(f['reduction'] for f in model.feature_info),
+        feature_channels=tuple(f['num_chs'] for f in model.feature_info),
+        weights=published_weights(name),
+    )
