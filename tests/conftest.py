@@ -1,7 +1,6 @@
 import os
 import sys
 
-import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers beside the tests
 

@@ -1,7 +1,6 @@
 """MaxViT with register tokens: parity with vit-pytorch, sizes, variants, what the reference got wrong."""
 import pytest
 import torch
-from torch import nn
 
 import timm
 import timm_vitvariants

@@ -5,7 +5,7 @@ Twins-SVT as first-class timm models.
 """
 from .version import __version__
 from .convert import from_vit_pytorch
-from . import maxvit_reg
+from . import maxvit_reg  # noqa: F401  (registers the models)
 
 __all__ = ['__version__', 'from_vit_pytorch', 'MODEL_MODULES']
 

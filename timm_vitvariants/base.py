@@ -3,10 +3,10 @@
 A family model subclasses :class:`StageModel` and builds ``input_check`` (a
 :class:`~timm_vitvariants.layers.ImageCheck`), ``stem``, ``stages`` (an ``nn.Sequential`` of stage
 modules that each honour a ``grad_checkpointing`` flag), ``norm``, ``head`` (a timm
-``ClassifierHead`` or ``NormMlpClassifierHead``) and ``feature_info``. Everything else -- ``forward_features``, ``forward_head``,
-``forward_intermediates``, ``prune_intermediate_layers``, ``reset_classifier``,
-``group_matcher``, ``no_weight_decay``, ``set_grad_checkpointing`` -- comes from here and behaves
-as in timm's own model files.
+``ClassifierHead`` or ``NormMlpClassifierHead``) and ``feature_info``. Everything else --
+``forward_features``, ``forward_head``, ``forward_intermediates``, ``prune_intermediate_layers``,
+``reset_classifier``, ``group_matcher``, ``no_weight_decay``, ``set_grad_checkpointing`` -- comes
+from here and behaves as in timm's own model files.
 """
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 

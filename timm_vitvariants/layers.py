@@ -4,19 +4,19 @@ Tensor layouts are named in the signatures: NCHW for conv-style maps, NHWC for t
 spatial, (B, N, C) for token sequences and (B, heads, N, head_dim) for attention operands.
 Everything takes ``device``/``dtype`` so a model can be built on the meta device.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import trunc_normal_
-from timm.models import register_notrace_module
+from timm.models import register_notrace_function, register_notrace_module
 
 __all__ = [
     'scaled_dot_attention', 'split_heads', 'merge_heads', 'RelPosBias', 'PosConv',
-    'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple',
-    'ImageCheck', 'nearest_multiples', 'init_weights', 'stage_sizes',
+    'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'window_padding_mask',
+    'ImageCheck', 'nearest_multiples', 'init_weights',
 ]
 
 
@@ -160,6 +160,7 @@ def grid_reverse(windows: torch.Tensor, grid_size: Tuple[int, int], H: int, W: i
     return x.reshape(-1, H, W, C)
 
 
+@register_notrace_function  # FX: branches on concrete sizes
 def pad_to_multiple(x: torch.Tensor, multiple: Tuple[int, int]) -> torch.Tensor:
     """Zero-pads an NHWC map at the bottom and right up to multiples of ``multiple``."""
     H, W = x.shape[1], x.shape[2]
@@ -168,6 +169,29 @@ def pad_to_multiple(x: torch.Tensor, multiple: Tuple[int, int]) -> torch.Tensor:
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x
+
+
+@register_notrace_function  # FX: branches on concrete sizes
+def window_padding_mask(
+        size: Tuple[int, int],
+        window_size: Tuple[int, int],
+        device: Optional[torch.device] = None,
+        dtype: torch.dtype = torch.float32,
+) -> Optional[torch.Tensor]:
+    """Additive key mask for the windows of a (H, W) map zero-padded to multiples of ``window_size``.
+
+    Returns (num_windows, 1, wh * ww) with -inf on padded keys and 0 elsewhere, in the order of
+    :func:`window_partition`, or None when no padding is needed. Padding is at the bottom and right
+    and shorter than a window, so every window keeps at least one real key.
+    """
+    H, W = size
+    wh, ww = window_size
+    pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+    if not pad_h and not pad_w:
+        return None
+    padded = F.pad(torch.zeros(1, H, W, 1, device=device, dtype=dtype), (0, 0, 0, pad_w, 0, pad_h), value=1.)
+    padded = window_partition(padded, window_size)  # (num_windows, wh * ww, 1)
+    return padded.transpose(1, 2).masked_fill(padded.transpose(1, 2) > 0, float('-inf'))
 
 
 # --- input validation -------------------------------------------------------------------------
@@ -191,7 +215,8 @@ class ImageCheck(nn.Module):
         name, chans = self.model_name, self.in_chans
         if x.dim() != 4:
             raise ValueError(
-                f'{name} expects a 4-D image batch (B, {chans}, H, W), got a {x.dim()}-D tensor of shape {list(x.shape)}')
+                f'{name} expects a 4-D image batch (B, {chans}, H, W), '
+                f'got a {x.dim()}-D tensor of shape {list(x.shape)}')
         if not torch.is_floating_point(x):
             raise TypeError(
                 f'{name} expects a floating point image batch (float32, float16 or bfloat16), got {x.dtype}; '
@@ -212,7 +237,8 @@ class ImageCheck(nn.Module):
         if height % m or width % m:
             raise ValueError(
                 f'{name} needs a height and width that are multiples of {m}, got {height}x{width}; '
-                f'the nearest valid sizes are height {nearest_multiples(height, m)}, width {nearest_multiples(width, m)}')
+                f'the nearest valid sizes are height {nearest_multiples(height, m)}, '
+                f'width {nearest_multiples(width, m)}')
 
 
 def nearest_multiples(size: int, multiple: int) -> str:
@@ -234,11 +260,3 @@ def init_weights(module: nn.Module, name: str = '') -> None:
             nn.init.zeros_(module.bias)
     elif hasattr(module, 'init_weights'):
         module.init_weights()
-
-
-def stage_sizes(size: Tuple[int, int], strides: List[int]) -> List[Tuple[int, int]]:
-    """Feature-map sizes after each cumulative stride, for 'same'-padded stride-2 layers (ceil)."""
-    out: List[Tuple[int, int]] = []
-    for s in strides:
-        out.append(((size[0] + s - 1) // s, (size[1] + s - 1) // s))
-    return out

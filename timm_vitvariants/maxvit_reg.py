@@ -35,7 +35,7 @@ from timm.models import checkpoint, generate_default_cfgs, named_apply, register
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel
-from .convert import load_converted, register_converter
+from .convert import register_converter
 from .layers import (
     ImageCheck, RelPosBias, grid_partition, grid_reverse, init_weights, nearest_multiples, scaled_dot_attention,
     window_partition, window_reverse,
@@ -392,7 +392,8 @@ def _from_vit_pytorch(ref: nn.Module) -> MaxViTReg:
         block.conv.se.fc2.weight.copy_(net[6].gate[3].weight[:, :, None, None])
         _load_conv_bn(block.conv.conv_pwl, block.conv.bn3, net[7], net[8])
         block.register_tokens.copy_(registers)
-        for norm, attn, ref_attn in ((block.norm1, block.block_attn, block_attn), (block.norm3, block.grid_attn, grid_attn)):
+        attentions = ((block.norm1, block.block_attn, block_attn), (block.norm3, block.grid_attn, grid_attn))
+        for norm, attn, ref_attn in attentions:
             norm.load_state_dict(ref_attn.norm.state_dict())
             attn.qkv.load_state_dict(ref_attn.to_qkv.state_dict())
             attn.rel_pos.relative_position_bias_table.copy_(ref_attn.rel_pos_bias.weight)
