@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import trunc_normal_
+from timm.layers import trunc_normal_, use_fused_attn
 from timm.models import register_notrace_function, register_notrace_module
 
 __all__ = [
-    'scaled_dot_attention', 'split_heads', 'merge_heads', 'RelPosBias', 'PosConv',
+    'scaled_dot_attention', 'split_heads', 'merge_heads', 'WindowAttention', 'ReducedKVAttention', 'RelPosBias',
+    'PosConv',
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'window_padding_mask',
     'ImageCheck', 'nearest_multiples', 'init_weights',
 ]
@@ -114,7 +115,7 @@ class RelPosBias(nn.Module):
 # --- position-encoding generator --------------------------------------------------------------
 
 class PosConv(nn.Module):
-    """Position-encoding generator (PEG, Chu et al. 2102.10882): x + depthwise_conv(x), NCHW."""
+    """Position-encoding generator (PEG, Chu et al. 2102.10882): x + depthwise_conv(x) on an NHWC map."""
 
     def __init__(self, dim: int, kernel_size: int = 3, device=None, dtype=None):
         super().__init__()
@@ -122,7 +123,7 @@ class PosConv(nn.Module):
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(x)
+        return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 # --- window / grid partitioning (NHWC) --------------------------------------------------------
@@ -192,6 +193,124 @@ def window_padding_mask(
     padded = F.pad(torch.zeros(1, H, W, 1, device=device, dtype=dtype), (0, 0, 0, pad_w, 0, pad_h), value=1.)
     padded = window_partition(padded, window_size)  # (num_windows, wh * ww, 1)
     return padded.transpose(1, 2).masked_fill(padded.transpose(1, 2) > 0, float('-inf'))
+
+
+# --- attention modules over NHWC maps ---------------------------------------------------------
+
+@register_notrace_module  # FX leaf: pads by concrete sizes
+class WindowAttention(nn.Module):
+    """Multi-head self-attention within non-overlapping windows of an NHWC map.
+
+    Maps that do not divide into windows are zero-padded at the bottom and right and the padded
+    keys are masked, so outputs on the real map do not depend on the padding. ``window_size=None``
+    is one window over the whole map (global attention). ``value_dim`` may differ from the key
+    width (``head_dim``). An optional ``local_conv`` maps the (B, heads * value_dim, H, W) values
+    to a term added to the attention output before the projection (ScalableViT's local interactive
+    module, CSWin's LePE).
+    """
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            head_dim: int,
+            window_size: Optional[int] = 7,
+            value_dim: Optional[int] = None,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            local_conv: Optional[nn.Module] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = num_heads
+        self.key_width = num_heads * head_dim
+        self.value_width = num_heads * (value_dim or head_dim)
+        self.window_size = window_size
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, 2 * self.key_width + self.value_width, bias=qkv_bias, **dd)
+        self.attn_drop = attn_drop
+        self.local_conv = local_conv
+        self.proj = nn.Linear(self.value_width, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        window = (H, W) if self.window_size is None else (self.window_size, self.window_size)
+        qkv = self.qkv(x)  # (B, H, W, 2 * key_width + value_width)
+        local = None
+        if self.local_conv is not None:
+            local = self.local_conv(qkv[..., 2 * self.key_width:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        qkv = pad_to_multiple(qkv, window)  # padded queries are cropped, padded keys masked
+        Hp, Wp = qkv.shape[1], qkv.shape[2]
+        windows = window_partition(qkv, window)  # (B * nW, N, 2 * key_width + value_width)
+        q, k, v = windows.split([self.key_width, self.key_width, self.value_width], dim=-1)
+        mask = window_padding_mask((H, W), window, x.device, x.dtype)  # (nW, 1, N) or None
+        if mask is not None:
+            mask = mask.repeat(B, 1, 1).unsqueeze(1)  # (B * nW, 1, 1, N)
+        out = scaled_dot_attention(
+            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads), mask,
+            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
+        out = window_reverse(merge_heads(out), window, Hp, Wp)[:, :H, :W]  # (B, H, W, value_width)
+        if local is not None:
+            out = out + local
+        return self.proj_drop(self.proj(out))
+
+
+@register_notrace_module  # FX leaf: pads by concrete sizes
+class ReducedKVAttention(nn.Module):
+    """Global multi-head attention whose keys and values come from a kernel = stride = ``reduction``
+    conv over the NHWC map (spatial-reduction attention: PVT, Twins' GSA, ScalableViT's SSA).
+
+    Like those implementations the conv covers floor(H / r) x floor(W / r) cells; maps smaller
+    than one cell are zero-padded to one, so every size >= 1 works.
+    """
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            head_dim: int,
+            reduction: int = 1,
+            value_dim: Optional[int] = None,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = num_heads
+        self.key_width = num_heads * head_dim
+        self.value_width = num_heads * (value_dim or head_dim)
+        self.reduction = reduction
+        self.fused_attn = use_fused_attn()
+        self.q = nn.Linear(dim, self.key_width, bias=qkv_bias, **dd)
+        self.kv = nn.Conv2d(
+            dim, self.key_width + self.value_width, reduction, stride=reduction, bias=qkv_bias, **dd)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(self.value_width, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        r = self.reduction
+        q = self.q(x).reshape(B, H * W, self.key_width)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W) view, channels-last in memory
+        if H < r or W < r:
+            x = F.pad(x, (0, max(r - W, 0), 0, max(r - H, 0)))
+        kv = self.kv(x).flatten(2).transpose(1, 2)  # (B, H/r * W/r, key_width + value_width)
+        k, v = kv.split([self.key_width, self.value_width], dim=-1)
+        out = scaled_dot_attention(
+            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
+            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
+        out = merge_heads(out).reshape(B, H, W, self.value_width)
+        return self.proj_drop(self.proj(out))
 
 
 # --- input validation -------------------------------------------------------------------------
