@@ -37,6 +37,9 @@ def scaled_dot_attention(
     padding masks (-inf) both travel as the attention mask of ``F.scaled_dot_product_attention``.
     ``fused=False`` is the explicit reference path (timm's ``use_fused_attn`` switch).
     """
+    if attn_bias is not None and attn_bias.dim() < q.dim():
+        # a bias with the batch dims in place lets the CPU flash kernel take it (else SDPA falls back to math)
+        attn_bias = attn_bias.reshape([1] * (q.dim() - attn_bias.dim()) + list(attn_bias.shape))
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
     attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)

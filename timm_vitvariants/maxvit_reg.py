@@ -221,6 +221,9 @@ class Stem(nn.Module):
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last from here on: oneDNN convs are several times faster on it, and the NHWC
+        # token views the attention needs are then free (no copies)
+        x = x.contiguous(memory_format=torch.channels_last)
         return self.conv2(self.conv1(x))
 
 
