@@ -16,6 +16,8 @@ from torch import nn
 from timm.layers import get_device_dtype
 from timm.models._features import feature_take_indices
 
+from .layers import init_model_weights
+
 # Parameters that should not be decayed, matched anywhere in a parameter's name.
 NO_WEIGHT_DECAY_KEYS = ('relative_position_bias_table', 'register_tokens', 'cls_token')
 
@@ -35,6 +37,12 @@ class StageModel(nn.Module):
         self.grad_checkpointing = False
 
     # --- timm API ---
+
+    @torch.jit.ignore
+    def init_weights(self) -> None:
+        """Re-initializes every parameter and buffer, e.g. after ``create_model(..., device='meta')``
+        and ``to_empty(device=...)``."""
+        init_model_weights(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import trunc_normal_, use_fused_attn
-from timm.models import register_notrace_function, register_notrace_module
+from timm.models import named_apply, register_notrace_function, register_notrace_module
 
 __all__ = [
     'scaled_dot_attention', 'split_heads', 'merge_heads', 'WindowAttention', 'ReducedKVAttention', 'RelPosBias',
     'PosConv',
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'window_padding_mask',
-    'ImageCheck', 'nearest_multiples', 'init_weights',
+    'ImageCheck', 'nearest_multiples', 'init_weights', 'init_model_weights',
 ]
 
 
@@ -92,18 +92,24 @@ class RelPosBias(nn.Module):
         num_offsets = (2 * wh - 1) * (2 * ww - 1)
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros(num_offsets + int(prefix_bias), num_heads, device=device, dtype=dtype))
+        self.register_buffer('relative_position_index', self._make_index(device), persistent=False)
 
-        # (N, N) table index for the window tokens, N = wh * ww
+    def _make_index(self, device: Optional[torch.device]) -> torch.Tensor:
+        """(N, N) table index, N = prefix tokens + wh * ww."""
+        wh, ww = self.window_size
         coords = torch.stack(torch.meshgrid(
             torch.arange(wh, device=device), torch.arange(ww, device=device), indexing='ij')).flatten(1)
-        rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
+        rel = coords[:, :, None] - coords[:, None, :]  # (2, wh * ww, wh * ww)
         index = (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
-        if num_prefix_tokens and prefix_bias:
-            index = F.pad(index, (num_prefix_tokens, 0, num_prefix_tokens, 0), value=num_offsets)
-        self.register_buffer('relative_position_index', index, persistent=False)
+        if self.num_prefix_tokens and self.prefix_bias:
+            p = self.num_prefix_tokens
+            index = F.pad(index, (p, 0, p, 0), value=(2 * wh - 1) * (2 * ww - 1))
+        return index
 
     def init_weights(self) -> None:
         trunc_normal_(self.relative_position_bias_table, std=.02)
+        # the index is not saved in state dicts: rebuild it (e.g. after a meta build and to_empty)
+        self.relative_position_index.copy_(self._make_index(self.relative_position_index.device))
 
     def forward(self) -> torch.Tensor:
         """Returns the bias as (heads, N, N), N counting the prefix tokens."""
@@ -382,3 +388,13 @@ def init_weights(module: nn.Module, name: str = '') -> None:
             nn.init.zeros_(module.bias)
     elif hasattr(module, 'init_weights'):
         module.init_weights()
+
+
+@torch.no_grad()
+def init_model_weights(model: nn.Module) -> None:
+    """(Re-)initializes every parameter and buffer of ``model``: PyTorch's own reset for each layer
+    (BatchNorm statistics included), then :func:`init_weights`. Works after ``to_empty``."""
+    for module in model.modules():
+        if module is not model and hasattr(module, 'reset_parameters'):
+            module.reset_parameters()
+    named_apply(init_weights, model)

@@ -31,13 +31,13 @@ from torch import nn
 import timm
 from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SqueezeExcite, use_fused_attn
 from timm.layers import calculate_drop_path_rates, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, named_apply, register_notrace_module
+from timm.models import checkpoint, generate_default_cfgs, register_notrace_module
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel
 from .convert import register_converter
 from .layers import (
-    ImageCheck, RelPosBias, grid_partition, grid_reverse, init_weights, nearest_multiples, scaled_dot_attention,
+    ImageCheck, RelPosBias, grid_partition, grid_reverse, nearest_multiples, scaled_dot_attention,
     window_partition, window_reverse,
 )
 
@@ -332,7 +332,7 @@ class MaxViTReg(StageModel):
         self.head = NormMlpClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
             norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
-        named_apply(init_weights, self)
+        self.init_weights()
 
 
 # --- vit-pytorch conversion -------------------------------------------------------------------
