@@ -1,4 +1,5 @@
 """Facts about the registered variants: size, cost, input size, feature strides, weights."""
+import copy
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -43,10 +44,16 @@ def published_weights(name: str) -> Tuple[str, ...]:
 
 
 def count_gmacs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> float:
-    """Multiply-accumulates of one forward pass (matmuls, convs, attention), in billions."""
-    x = torch.empty(1, *input_size, device=next(model.parameters()).device)
+    """Multiply-accumulates of one forward pass (matmuls, convs, attention), in billions.
+
+    Counted on a meta-device copy: no memory or time spent, and attention is always counted
+    (on the CPU, SDPA's flash kernel is invisible to the flop counter; on meta it decomposes).
+    """
+    if next(model.parameters()).device.type != 'meta':
+        model = copy.deepcopy(model).to('meta')
+    x = torch.empty(1, *input_size, device='meta')
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
+        model.eval()(x)
     return counter.get_total_flops() / 2e9
 
 
