@@ -1,0 +1,19 @@
+"""What each family documents about itself, for the tests that run over every family.
+
+``small``: constructor kwargs that make the family's ``_tiny`` variant tiny but structurally complete,
+with ``small_size`` an input it takes. ``valid``: input sizes the family documents as supported
+for its named variants (non-square included); ``invalid``: sizes it refuses with a ValueError;
+``too_small``: a size below its minimum. ``strides``: the feature strides.
+"""
+from typing import Any, Dict
+
+SPECS: Dict[str, Dict[str, Any]] = {
+    'maxvit_reg': dict(
+        small=dict(embed_dim=32, depths=(1, 1), head_dim=16, window_size=4),
+        small_size=(32, 32),
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223)],
+        invalid=[(200, 200), (224, 300)],
+        too_small=(3, 3),
+        strides=(2, 4, 8, 16, 32),
+    ),
+}
