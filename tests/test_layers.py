@@ -37,11 +37,11 @@ def test_rel_pos_bias_prefix_slots():
     bias = RelPosBias((2, 3), num_heads=2, num_prefix_tokens=1, prefix_bias=True)
     with torch.no_grad():
         bias.relative_position_bias_table.copy_(torch.arange(16.)[:, None].expand(16, 2))
-    b = bias()
-    assert b.shape == (2, 7, 7)
+    b = bias()[0]
+    assert bias().shape == (1, 2, 7, 7)
     assert (b[:, 0, :] == 15).all() and (b[:, :, 0] == 15).all()  # the extra slot
     assert b[0, 1, 1] == (1 * 5 + 2)  # offset (0, 0) -> index (dh + 1) * 5 + (dw + 2)
-    zero = RelPosBias((2, 3), num_heads=2, num_prefix_tokens=1, prefix_bias=False)()
+    zero = RelPosBias((2, 3), num_heads=2, num_prefix_tokens=1, prefix_bias=False)()[0]
     assert zero.shape == (2, 7, 7) and (zero[:, 0] == 0).all() and (zero[:, :, 0] == 0).all()
 
 

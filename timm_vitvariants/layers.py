@@ -33,13 +33,12 @@ def scaled_dot_attention(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + bias) v for q (B, h, N, d), k (B, h, M, d), v (B, h, M, dv).
 
-    ``attn_bias`` is an additive bias broadcastable to (B, h, N, M): relative-position biases and
-    padding masks (-inf) both travel as the attention mask of ``F.scaled_dot_product_attention``.
+    ``attn_bias`` is an additive 4-D bias broadcastable to (B, h, N, M): relative-position biases
+    and padding masks (-inf) both travel as the attention mask of ``F.scaled_dot_product_attention``.
+    It must be 4-D (size-1 dims where it broadcasts): the CPU flash kernel only takes a bias with the
+    batch dims in place, anything else falls back to the slow math path.
     ``fused=False`` is the explicit reference path (timm's ``use_fused_attn`` switch).
     """
-    if attn_bias is not None and attn_bias.dim() < q.dim():
-        # a bias with the batch dims in place lets the CPU flash kernel take it (else SDPA falls back to math)
-        attn_bias = attn_bias.reshape([1] * (q.dim() - attn_bias.dim()) + list(attn_bias.shape))
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
     attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
@@ -112,9 +111,9 @@ class RelPosBias(nn.Module):
         self.relative_position_index.copy_(self._make_index(self.relative_position_index.device))
 
     def forward(self) -> torch.Tensor:
-        """Returns the bias as (heads, N, N), N counting the prefix tokens."""
+        """Returns the bias as (1, heads, N, N), N counting the prefix tokens."""
         bias = self.relative_position_bias_table[self.relative_position_index]  # (N, N, heads)
-        bias = bias.permute(2, 0, 1)
+        bias = bias.permute(2, 0, 1).unsqueeze(0)
         if self.num_prefix_tokens and not self.prefix_bias:
             p = self.num_prefix_tokens
             bias = F.pad(bias, (p, 0, p, 0))

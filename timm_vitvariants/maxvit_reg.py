@@ -45,15 +45,36 @@ from .layers import (
 __all__ = ['MaxViTReg']
 
 
-def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """bn(conv(x)); in eval the BatchNorm is folded into the conv's weight and bias on the fly,
-    which saves a full pass over the activation for the cost of scaling a small weight."""
-    if bn.training or bn.running_var is None or bn.running_mean is None:
-        return bn(conv(x))
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C,)
-    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * scale
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+class ConvBn(nn.Module):
+    """Bias-free conv + BatchNorm. In eval the BatchNorm is folded into the conv's weight and bias
+    on the fly: scaling a small weight saves a full pass over the activation."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_size: int = 1,
+            stride: int = 1,
+            groups: int = 1,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.stride = stride
+        self.padding = kernel_size // 2
+        self.groups = groups
+        self.conv = nn.Conv2d(
+            in_chs, out_chs, kernel_size, stride, self.padding, groups=groups, bias=False, device=device, dtype=dtype)
+        self.bn = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.bn.running_mean, self.bn.running_var
+        if self.training or mean is None or var is None:
+            return self.bn(self.conv(x))
+        scale = self.bn.weight * torch.rsqrt(var + self.bn.eps)  # (C,)
+        weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
+        bias = self.bn.bias - mean * scale
+        return F.conv2d(x, weight, bias, self.stride, self.padding, 1, self.groups)
 
 
 class MBConv(nn.Module):
@@ -74,22 +95,19 @@ class MBConv(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         mid_chs = int(out_chs * expand_ratio)
-        self.conv_pw = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
-        self.bn1 = nn.BatchNorm2d(mid_chs, **dd)
-        self.conv_dw = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=mid_chs, bias=False, **dd)
-        self.bn2 = nn.BatchNorm2d(mid_chs, **dd)
+        self.conv_pw = ConvBn(in_chs, mid_chs, **dd)
+        self.conv_dw = ConvBn(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, **dd)
         self.act = nn.GELU()
         self.se = SqueezeExcite(mid_chs, rd_channels=int(mid_chs * se_ratio), bias=False, act_layer=nn.SiLU, **dd)
-        self.conv_pwl = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
-        self.bn3 = nn.BatchNorm2d(out_chs, **dd)
+        self.conv_pwl = ConvBn(mid_chs, out_chs, **dd)
         self.has_skip = in_chs == out_chs and stride == 1
         self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.act(conv_bn(x, self.conv_pw, self.bn1))
-        x = self.act(conv_bn(x, self.conv_dw, self.bn2))
-        x = conv_bn(self.se(x), self.conv_pwl, self.bn3)
+        x = self.act(self.conv_pw(x))
+        x = self.act(self.conv_dw(x))
+        x = self.conv_pwl(self.se(x))
         if self.has_skip:
             x = self.drop_path(x) + shortcut
         return x
@@ -381,13 +399,13 @@ def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
     )
 
 
-def _load_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, ref_conv: nn.Conv2d, ref_bn: nn.BatchNorm2d) -> None:
+def _load_conv_bn(conv_bn: ConvBn, ref_conv: nn.Conv2d, ref_bn: nn.BatchNorm2d) -> None:
     """Copies a biased conv + BatchNorm into a bias-free conv + BatchNorm: BN(z + b) == BN'(z) with
     running_mean' = running_mean - b (and batch statistics cancel b anyway)."""
-    conv.weight.copy_(ref_conv.weight)
-    bn.load_state_dict(ref_bn.state_dict())
+    conv_bn.conv.weight.copy_(ref_conv.weight)
+    conv_bn.bn.load_state_dict(ref_bn.state_dict())
     if ref_conv.bias is not None:
-        bn.running_mean.sub_(ref_conv.bias)
+        conv_bn.bn.running_mean.sub_(ref_conv.bias)
 
 
 @register_converter('vit_pytorch.max_vit_with_registers.MaxViT')
@@ -401,11 +419,11 @@ def _from_vit_pytorch(ref: nn.Module) -> MaxViTReg:
     for block, (conv, (block_attn, block_ff), (grid_attn, grid_ff)), registers in zip(
             blocks, ref.layers, ref.register_tokens):
         net = _mbconv_net(conv)
-        _load_conv_bn(block.conv.conv_pw, block.conv.bn1, net[0], net[1])
-        _load_conv_bn(block.conv.conv_dw, block.conv.bn2, net[3], net[4])
+        _load_conv_bn(block.conv.conv_pw, net[0], net[1])
+        _load_conv_bn(block.conv.conv_dw, net[3], net[4])
         block.conv.se.fc1.weight.copy_(net[6].gate[1].weight[:, :, None, None])
         block.conv.se.fc2.weight.copy_(net[6].gate[3].weight[:, :, None, None])
-        _load_conv_bn(block.conv.conv_pwl, block.conv.bn3, net[7], net[8])
+        _load_conv_bn(block.conv.conv_pwl, net[7], net[8])
         block.register_tokens.copy_(registers)
         attentions = ((block.norm1, block.block_attn, block_attn), (block.norm3, block.grid_attn, grid_attn))
         for norm, attn, ref_attn in attentions:
