@@ -151,6 +151,12 @@ def time_interleaved(contenders: List[Contender], kind: str, repeats: int, devic
                 c.times[kind].append(time.perf_counter() - start)
 
 
+def speedup(ours: Contender, reference: Contender, kind: str) -> float:
+    """Median over rounds of reference time / our time: each ratio compares two runs made back to
+    back, so slow drifts of a shared machine cancel out."""
+    return statistics.median(r / o for o, r in zip(ours.times[kind], reference.times[kind]))
+
+
 # --- memory (fresh process per measurement) ---------------------------------------------------
 
 def _rss_bytes() -> int:
@@ -252,15 +258,13 @@ def benchmark_family_variant(name: str, args, device, amp_dtype, peak) -> List[R
         ref_gmacs = count_gmacs(pair[0].model, (3, size, size))
         mine = summarize(pair[0], family, 'ours', pair[1].label, ref_gmacs, args.batch_size, peak)
         theirs = summarize(pair[1], family, 'vit-pytorch', '', ref_gmacs, args.batch_size, peak)
-        mine.infer_speedup = mine.infer_img_s / theirs.infer_img_s
-        mine.train_speedup = mine.train_img_s / theirs.train_img_s
+        mine.infer_speedup, mine.train_speedup = (speedup(pair[0], pair[1], k) for k in ('infer', 'train'))
         rows += [mine, theirs]
     if timm_c:
         timm_gmacs = count_gmacs(timm_c.model, (3, size, size))
         theirs = summarize(timm_c, family, 'timm', '', timm_gmacs, args.batch_size, peak)
         rows[0].compared_to = timm_c.label
-        rows[0].infer_speedup = rows[0].infer_img_s / theirs.infer_img_s
-        rows[0].train_speedup = rows[0].train_img_s / theirs.train_img_s
+        rows[0].infer_speedup, rows[0].train_speedup = (speedup(ours, timm_c, k) for k in ('infer', 'train'))
         rows.append(theirs)
     if args.memory and device.type == 'cpu':
         rows[0].step_memory_mb = measure_memory(name, args.memory_batch_size, False, size)

@@ -3,6 +3,7 @@ import sys
 
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers beside the tests
+sys.path.insert(1, os.path.dirname(os.path.dirname(__file__)))  # the repository root: benchmarks/
 
 import timm_vitvariants  # noqa: E402,F401  registers the models even with the startup hook off
 

@@ -1,4 +1,5 @@
 """Registration, pretrained configs and model building shared by the family files."""
+import inspect
 import sys
 from typing import Any, Callable, Dict, Type, TypeVar
 
@@ -72,7 +73,7 @@ def build_variant(
                 f'pretrained_cfg_overlay=dict(file="model.safetensors")), '
                 f'timm.create_model("hf-hub:ORG/REPO", pretrained=True), or convert a vit-pytorch model '
                 f'with timm_vitvariants.from_vit_pytorch(model).')
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         model_cls,
         variant,
         pretrained,
@@ -81,3 +82,8 @@ def build_variant(
         feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
         **kwargs,
     )
+    if isinstance(model, model_cls):
+        # the constructor arguments that make this model, for config.json (timm's ``model_args``) and the cards
+        accepted = inspect.signature(model_cls.__init__).parameters
+        model.model_args = {k: v for k, v in kwargs.items() if k in accepted and k not in ('device', 'dtype')}
+    return model

@@ -1,0 +1,264 @@
+"""``python -m benchmarks.model_cards``: writes MODEL_CARDS.md from the registry and the benchmark results.
+
+Nothing in MODEL_CARDS.md is typed by hand: sizes, costs, input sizes and feature strides come from
+the registered variants (built on the meta device), speed and memory from the committed
+``benchmarks/results/*.json``, each family's differences from vit-pytorch and from its paper from
+the family module's docstring, and the papers' own figures and the training recipes from the tables
+below. ``--check`` exits non-zero when the committed file differs from what would be generated.
+"""
+import argparse
+import difflib
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import timm
+import timm_vitvariants
+from timm_vitvariants.info import VariantInfo, list_variants, variant_info
+
+ROOT = Path(__file__).resolve().parent.parent
+CARDS = ROOT / 'MODEL_CARDS.md'
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    model: str  # the paper's name for the model
+    params_m: float
+    gmacs: float
+    top1: Optional[float] = None  # ImageNet-1k top-1 at 224, as published
+
+
+@dataclass(frozen=True)
+class Family:
+    title: str
+    paper: str
+    sizes: str  # which input sizes work, in words
+    recipe: str = ''  # markdown: a train.py command line for ImageNet-1k and why
+
+
+FAMILIES: Dict[str, Family] = {
+    'regionvit': Family(
+        title='RegionViT',
+        paper='Chen et al., RegionViT: Regional-to-Local Attention for Vision Transformers, '
+              '[arXiv:2106.02689](https://arxiv.org/abs/2106.02689)',
+        sizes='any height and width from the minimum up, non-square included: the image is padded to the '
+              'next multiple of the regional patch (28 px at the defaults), as the official implementation does',
+    ),
+    'scalablevit': Family(
+        title='ScalableViT',
+        paper='Yang et al., ScalableViT: Rethinking the Context-oriented Generalization of Vision Transformer, '
+              '[arXiv:2203.10790](https://arxiv.org/abs/2203.10790)',
+        sizes='any height and width from the minimum up, non-square included: feature maps that do not divide '
+              'into windows are padded and the padded keys masked',
+    ),
+    'rvt': Family(
+        title='RvT (vit-pytorch\'s rotary vision transformer)',
+        paper='no paper: vit-pytorch\'s "Rotary Vision Transformer" (2-D axial rotary embeddings, '
+              'depthwise-separable conv queries, GEGLU). It is **not** the Robust Vision Transformer of '
+              '[arXiv:2105.07926](https://arxiv.org/abs/2105.07926), which shares the acronym: those weights do '
+              'not load here',
+        sizes='any height and width that are multiples of the patch size (16), non-square included; '
+              'there is no position table to resize',
+    ),
+    'maxvit_reg': Family(
+        title='MaxViT with register tokens',
+        paper='Tu et al., MaxViT: Multi-Axis Vision Transformer, '
+              '[arXiv:2204.01697](https://arxiv.org/abs/2204.01697); Darcet et al., Vision Transformers Need '
+              'Registers, [arXiv:2309.16588](https://arxiv.org/abs/2309.16588)',
+        sizes='any height and width for which every stage\'s feature map (input / 4 ... input / 32, rounded up) '
+              'divides into windows: multiples of 32 x window (224 at the default window 7: 224, 448, 224x448, ...) '
+              'or up to 3 px less; other sizes raise a ValueError naming the nearest valid ones',
+    ),
+    'twinssvt': Family(
+        title='Twins-SVT (vit-pytorch design)',
+        paper='Chu et al., Twins: Revisiting the Design of Spatial Attention in Vision Transformers, '
+              '[arXiv:2104.13840](https://arxiv.org/abs/2104.13840). timm\'s own `twins_svt_*` is the official '
+              'design; `twinssvt_*` is vit-pytorch\'s',
+        sizes='any height and width from the minimum up, non-square included: local windows and the global '
+              'reduction are padded',
+    ),
+}
+
+# The papers' own figures at 224 (params in millions, GMACs, ImageNet-1k top-1).
+PAPER: Dict[str, PaperFigure] = {
+    'regionvit_tiny': PaperFigure('RegionViT-Ti', 13.8, 2.4, 80.4),
+    'regionvit_small': PaperFigure('RegionViT-S', 30.6, 5.3, 82.6),
+    'regionvit_base': PaperFigure('RegionViT-B', 72.7, 13.0, 83.2),
+    'scalablevit_small': PaperFigure('ScalableViT-S', 32.4, 4.2, 83.1),
+    'scalablevit_base': PaperFigure('ScalableViT-B', 81.9, 8.6, 84.1),
+    'maxvit_reg_tiny': PaperFigure('MaxViT-T (no registers)', 31.0, 5.6, 83.6),
+    'maxvit_reg_small': PaperFigure('MaxViT-S (no registers)', 69.0, 11.7, 84.4),
+    'maxvit_reg_base': PaperFigure('MaxViT-B (no registers)', 119.0, 24.2, 84.9),
+    'twinssvt_small': PaperFigure('Twins-SVT-S', 24.1, 2.9, 81.7),
+    'twinssvt_base': PaperFigure('Twins-SVT-B', 56.1, 8.6, 83.2),
+}
+
+
+# --- results ----------------------------------------------------------------------------------
+
+def load_results(results_dir: Path = RESULTS_DIR) -> List[dict]:
+    """Every committed results file, sorted by device name so the output is stable."""
+    return [json.loads(p.read_text()) for p in sorted(results_dir.glob('*.json'))]
+
+
+def _rows_for(result: dict, name: str) -> Tuple[Optional[dict], Optional[dict]]:
+    """(our row at the default config, our row at the vit-pytorch config) for one variant."""
+    ours = next((r for r in result['rows'] if r['model'] == name), None)
+    ref = next((r for r in result['rows'] if r['model'] == f'{name} (ref config)'), None)
+    return ours, ref
+
+
+def _fmt(value: Optional[float], spec: str, suffix: str = '') -> str:
+    return '' if value is None else format(value, spec) + suffix
+
+
+def _setting(meta: dict) -> str:
+    parts = [meta['dtype'], f'batch {meta["batch_size"]}', f'{meta["img_size"]}px', f'{meta["threads"]} threads']
+    if meta.get('channels_last'):
+        parts.append('channels-last')
+    if meta.get('compile'):
+        parts.append('torch.compile')
+    return ', '.join(parts)
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+def _differences(family: str) -> str:
+    """The family module's docstring, first line (the title) dropped."""
+    doc = importlib.import_module(f'timm_vitvariants.{family}').__doc__ or ''
+    return '\n'.join(doc.strip().splitlines()[1:]).strip()
+
+
+def _args(model_args: dict) -> str:
+    return ', '.join(f'`{k}={v!r}`' for k, v in model_args.items())
+
+
+def _vs_paper(ours: float, paper: Optional[float]) -> str:
+    return '' if paper is None else f'{paper:g} ({100 * (ours / paper - 1):+.0f}%)'
+
+
+def speed_table(names: List[str], results: List[dict]) -> List[str]:
+    lines = [
+        '| variant | device | setting | infer img/s | train img/s | % of matmul peak | vs vit-pytorch (infer / train) '
+        '| vs timm (infer / train) | train memory MB, batch 32 (checkpointed) |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    for result in results:
+        meta = result['meta']
+        for name in names:
+            ours, ref = _rows_for(result, name)
+            if ours is None:
+                continue
+            vs_ref = '' if ref is None or ref['infer_speedup'] is None else (
+                f'{ref["infer_speedup"]:.2f}x / {ref["train_speedup"]:.2f}x')
+            vs_timm = '' if ours['infer_speedup'] is None else (
+                f'{ours["infer_speedup"]:.2f}x / {ours["train_speedup"]:.2f}x vs `{ours["compared_to"]}`')
+            memory = '' if ours['step_memory_mb'] is None else (
+                f'{ours["step_memory_mb"]:.0f} ({ours["step_memory_ckpt_mb"]:.0f})')
+            lines.append(
+                f'| `{name}` | {meta["device"]} | {_setting(meta)} | {_fmt(ours["infer_img_s"], ".1f")} '
+                f'| {_fmt(ours["train_img_s"], ".1f")} | {_fmt(100 * ours["peak_fraction"], ".0f", "%")} '
+                f'| {vs_ref} | {vs_timm} | {memory} |')
+    if len(lines) == 2:
+        lines.append('| (no measurements committed yet: run `python -m benchmarks.run`) ||||||||')
+    return lines
+
+
+def family_section(family: str, infos: List[VariantInfo], results: List[dict]) -> List[str]:
+    spec = FAMILIES[family]
+    names = [i.name for i in infos]
+    out = [f'## {spec.title}: {", ".join(f"`{n}`" for n in names)}', '', f'**Paper**: {spec.paper}.', '',
+           f'**Input sizes**: {spec.sizes}.', '', '**Differences from vit-pytorch and from the paper** '
+           '(from the family module\'s docstring):', '', '```text', _differences(family), '```', '',
+           '| variant | hyper-parameters | params M | GMACs at 224 | paper params M | paper GMACs | paper top-1 '
+           '| default input | min input | feature strides | feature channels | weights |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for info in infos:
+        model = timm.create_model(info.name, device='meta')
+        paper = PAPER.get(info.name)
+        min_size = model.pretrained_cfg.get('min_input_size')
+        out.append(
+            f'| `{info.name}` | {_args(model.model_args)} | {info.params_m:.2f} | {info.gmacs:.2f} '
+            f'| {_vs_paper(info.params_m, paper and paper.params_m)} | {_vs_paper(info.gmacs, paper and paper.gmacs)} '
+            f'| {"" if paper is None or paper.top1 is None else f"{paper.top1:g}% ({paper.model})"} '
+            f'| {"x".join(map(str, info.input_size[1:]))} '
+            f'| {"" if not min_size else "x".join(map(str, min_size[1:]))} '
+            f'| {", ".join(map(str, info.feature_strides))} | {", ".join(map(str, info.feature_channels))} '
+            f'| {", ".join(info.weights) or "none published"} |')
+    out += ['', '**Speed** (medians of interleaved rounds; ratios against the vit-pytorch model at the same '
+            'configuration and weights, and against timm\'s own model of the family where it has one):', '']
+    out += speed_table(names, results)
+    out += ['', '**Usage**:', '', '```python', 'import timm, timm_vitvariants', '',
+            f"model = timm.create_model('{names[0]}', num_classes=10)  # pretrained=True once weights are published",
+            f"backbone = timm.create_model('{names[0]}', features_only=True, out_indices=(-3, -2, -1))",
+            '```', '']
+    if spec.recipe:
+        out += ['**Training recipe** (ImageNet-1k, timm\'s train.py):', '', spec.recipe.strip(), '']
+    return out
+
+
+def render(results: Optional[List[dict]] = None) -> str:
+    results = load_results() if results is None else results
+    infos = [variant_info(name) for name in list_variants()]
+    by_family: Dict[str, List[VariantInfo]] = {}
+    for info in infos:
+        by_family.setdefault(info.family, []).append(info)
+    out = [
+        '# Model cards',
+        '',
+        '<!-- Generated by `python -m benchmarks.model_cards` from the model registry and benchmarks/results/*.json;'
+        ' edit those, not this file. -->',
+        '',
+        f'timm_vitvariants {timm_vitvariants.__version__}. Params and GMACs (multiply-accumulates of one 224x224 '
+        'forward, `torch.utils.flop_counter`) are measured from the registered variants; the papers\' figures are '
+        'given beside them with the relative difference.',
+        '',
+        '**Weights**: none are published yet; `pretrained=True` raises an error that says so. To publish: train '
+        '(see the recipes), `python -m timm_vitvariants export` the checkpoint into a Hub folder, '
+        '`python -m timm_vitvariants push FOLDER --repo org/name`, then add the tag to the family\'s '
+        '`default_cfgs` (one line) or load it directly with `timm.create_model(\'hf-hub:org/name\', '
+        'pretrained=True)`.',
+        '',
+        '**Measurements**:',
+        '',
+    ]
+    for result in results:
+        meta = result['meta']
+        out.append(
+            f'- {meta["device"]}: {_setting(meta)}, fp32 matmul peak {meta["matmul_peak_gflops"]:.0f} GFLOP/s '
+            f'measured in the same run; torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}.')
+    if not results:
+        out.append('- none committed yet.')
+    out += ['', '| variant | params M | GMACs | default input | feature strides |', '|---|---|---|---|---|']
+    out += [f'| `{i.name}` | {i.params_m:.2f} | {i.gmacs:.2f} | {"x".join(map(str, i.input_size[1:]))} '
+            f'| {", ".join(map(str, i.feature_strides))} |' for i in infos]
+    out.append('')
+    for family in timm_vitvariants.MODEL_MODULES:
+        out += family_section(family, by_family[family], results)
+    return '\n'.join(out).rstrip() + '\n'
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.model_cards', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--check', action='store_true', help='only compare with the committed MODEL_CARDS.md')
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = CARDS.read_text() if CARDS.exists() else ''
+        if current != text:
+            sys.stdout.writelines(difflib.unified_diff(
+                current.splitlines(True), text.splitlines(True), 'MODEL_CARDS.md', 'generated'))
+            print('MODEL_CARDS.md is out of date: run python -m benchmarks.model_cards', file=sys.stderr)
+            return 1
+        return 0
+    CARDS.write_text(text)
+    print(f'wrote {CARDS}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

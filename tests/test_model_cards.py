@@ -1,0 +1,36 @@
+"""MODEL_CARDS.md is generated, never typed: the committed file must be exactly what the generator
+makes from the committed results and the current registry."""
+import json
+
+from benchmarks import model_cards
+from timm_vitvariants.info import list_variants
+
+
+def test_committed_model_cards_are_up_to_date():
+    expected = model_cards.render()
+    assert model_cards.CARDS.read_text() == expected, (
+        'MODEL_CARDS.md is stale: run `python -m benchmarks.model_cards` and commit the result')
+
+
+def test_every_variant_and_family_has_a_card():
+    text = model_cards.CARDS.read_text()
+    for name in list_variants():
+        assert f'| `{name}` |' in text
+    for family in model_cards.FAMILIES:
+        if any(model_cards.timm.list_models(module=family)):
+            assert f'## {model_cards.FAMILIES[family].title}' in text
+
+
+def test_speed_figures_come_from_the_results(tmp_path):
+    """A results file's figures appear in the card, with its device and setting."""
+    name = list_variants()[0]
+    row = dict(model=name, family='x', kind='ours', compared_to='', params_m=1., gmacs=1., infer_img_s=123.4,
+               train_img_s=45.6, gflops=1., peak_fraction=0.5, infer_speedup=None, train_speedup=None,
+               step_memory_mb=1000., step_memory_ckpt_mb=400.)
+    ref = dict(row, model=f'{name} (ref config)', infer_speedup=1.31, train_speedup=1.22)
+    meta = dict(device='test-device', dtype='fp32', batch_size=8, img_size=224, threads=2, channels_last=False,
+                compile=False, matmul_peak_gflops=300., torch='t', timm='t', date='d')
+    (tmp_path / 'test-device.json').write_text(json.dumps(dict(meta=meta, rows=[row, ref])))
+    text = model_cards.render(model_cards.load_results(tmp_path))
+    line = next(ln for ln in text.splitlines() if ln.startswith(f'| `{name}` | test-device'))
+    assert '| 123.4 | 45.6 | 50% | 1.31x / 1.22x |' in line and '1000 (400)' in line
