@@ -1,9 +1,12 @@
 """Robustness over every registered variant: bad input, mixed precision, batch consistency,
 construction, checkpoints and supported sizes. Full variants run on the meta device where only
-shapes matter; numerics run on each family's small configuration (tests/family_specs.py)."""
+shapes matter; numerics run on each family's small configuration (tests/family_specs.py).
+
+The numerics tests run on the CPU; ``TIMM_VITVARIANTS_TEST_DEVICE=cuda`` runs them on a GPU."""
 import ast
 import copy
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from parity import max_rel_error
 
 VARIANTS = list_variants()
 FAMILIES = list(timm_vitvariants.MODEL_MODULES)
+DEVICE = torch.device(os.environ.get('TIMM_VITVARIANTS_TEST_DEVICE', 'cpu'))
 
 
 def family_of(name: str) -> str:
@@ -28,12 +32,12 @@ def family_of(name: str) -> str:
 def small_model(family: str, **kwargs) -> torch.nn.Module:
     spec = SPECS[family]
     torch.manual_seed(0)
-    return timm.create_model(f'{family}_tiny', **dict(spec['small'], **kwargs))
+    return timm.create_model(f'{family}_tiny', **dict(spec['small'], **kwargs)).to(DEVICE)
 
 
 def small_input(family: str, batch: int = 2, scale: float = 1.) -> torch.Tensor:
     torch.manual_seed(1)
-    return scale * torch.randn(batch, 3, *SPECS[family]['small_size'])
+    return scale * torch.randn(batch, 3, *SPECS[family]['small_size']).to(DEVICE)
 
 
 def test_every_family_has_a_spec():
@@ -90,7 +94,7 @@ def test_mixed_precision_stays_finite(family, dtype):
     x = small_input(family, scale=5.)  # inputs out to many standard deviations
     with torch.no_grad():
         reference = model(x)
-        with torch.autocast('cpu', dtype=dtype):
+        with torch.autocast(DEVICE.type, dtype=dtype):
             out = model(x)
             features = model.forward_intermediates(x, intermediates_only=True)
     assert torch.isfinite(out).all() and all(torch.isfinite(f).all() for f in features)
@@ -111,7 +115,7 @@ def test_batch_consistency_and_determinism(family):
 @pytest.mark.parametrize('family', FAMILIES)
 def test_meta_build_then_to_empty_and_init(family):
     model = timm.create_model(f'{family}_tiny', device='meta', **SPECS[family]['small'])
-    model = model.to_empty(device='cpu').eval()
+    model = model.to_empty(device=DEVICE).eval()
     with torch.no_grad():  # poison everything: init must reset every parameter and buffer
         for t in list(model.parameters()) + list(model.buffers()):
             t.fill_(float('nan') if t.is_floating_point() else 7)
