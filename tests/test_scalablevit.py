@@ -89,7 +89,7 @@ def test_variant_size(name, params_m, gmacs, paper):
 def test_named_variants_use_the_papers_options():
     model = timm.create_model('scalablevit_small', device='meta')
     block = model.stages[2].blocks[0]
-    assert block.paper_order
+    assert block.alternating
     lim = block.iwsa.local_conv
     assert lim.groups == lim.in_channels == lim.out_channels == 8 * 32  # depthwise
     assert block.iwsa.qkv.bias is not None and block.ssa.q.bias is not None and block.ssa.kv.bias is not None
@@ -103,9 +103,10 @@ def test_named_variants_use_the_papers_options():
 
 
 def test_block_order():
-    """'vit_pytorch' runs SSA, MLP, PEG, MLP, IWSA (what the reference executes); 'paper' SSA, MLP, PEG, IWSA, MLP."""
+    """'vit_pytorch' runs SSA, MLP, PEG, MLP, IWSA (what the reference executes); 'alternating' SSA, MLP,
+    PEG, IWSA, MLP."""
     for order, expected in (('vit_pytorch', ['ssa', 'mlp1', 'pos_conv', 'mlp2', 'iwsa']),
-                            ('paper', ['ssa', 'mlp1', 'pos_conv', 'iwsa', 'mlp2'])):
+                            ('alternating', ['ssa', 'mlp1', 'pos_conv', 'iwsa', 'mlp2'])):
         model = tiny(block_order=order).eval()
         calls = []
         block = model.stages[0].blocks[0]
@@ -114,7 +115,7 @@ def test_block_order():
         model(torch.randn(1, 3, 32, 32))
         assert calls == expected
     assert model.stages[1].blocks[1].pos_conv is None  # a PEG in the first pair of a stage only
-    a, b = tiny(block_order='vit_pytorch').eval(), tiny(block_order='paper').eval()
+    a, b = tiny(block_order='vit_pytorch').eval(), tiny(block_order='alternating').eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 32, 32)
     assert not torch.allclose(a(x), b(x))

@@ -18,18 +18,21 @@ Differences from vit-pytorch:
     sizes the reference accepts give its outputs.
   * vit-pytorch unpacks each pair's modules in a different order from the one it builds them in,
     so it really runs SSA, MLP, (PEG), MLP, IWSA. ``block_order='vit_pytorch'`` (the class default,
-    used by the converter) keeps that; ``'paper'`` runs SSA, MLP, (PEG), IWSA, MLP as intended.
+    used by the converter) keeps that; ``'alternating'`` runs SSA, MLP, (PEG), IWSA, MLP as intended.
   * options the reference lacks, off by default: ``local_conv='depthwise'`` (the paper's local
     interactive module; the reference's full 3x3 conv costs 8.45M parameters in the small size) and
-    ``qkv_bias``. The named variants use the paper's block order, depthwise LIM and qkv bias.
+    ``qkv_bias``. The named variants use the alternating order, depthwise LIM and qkv bias.
   * ``in_chans``, real stochastic depth (``drop_path_rate``, one rate per attention sub-block),
     separate ``attn_drop_rate``/``proj_drop_rate`` (the reference's single ``dropout``), ``drop_rate``
     before the classifier; bad inputs raise ``ValueError``/``TypeError`` naming the valid sizes.
   * everything runs channels-last (NHWC tokens, ``nn.Linear`` for the 1x1 convs, ``nn.LayerNorm``
     for the channel LayerNorm; the converter reshapes the weights).
-Differences from the paper: the reference's 3x3 stride-2 downsampling and 7x7 stem, its SSA (one
-reduction conv for keys and values, key width per head instead of the paper's channel scaling),
-PEG placement after the first pair's SSA + MLP; see MODEL_CARDS.md for the size and cost gaps.
+Differences from the paper (and its official code): SSA draws keys and values from one full
+kernel = stride = r conv (the official one: a depthwise r x r conv, a 1x1 conv, LayerNorm + GELU,
+then linear keys and values), no LayerNorm after the stem and downsampling convs, each pair starts
+with SSA (the official code starts with IWSA) and the PEG follows the first SSA + MLP, a
+mean-pool -> LayerNorm -> linear head (the official one has a 4096-wide hidden layer). See
+MODEL_CARDS.md for the size and cost gaps.
 """
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
@@ -49,7 +52,7 @@ from .layers import ImageCheck, PosConv, ReducedKVAttention, WindowAttention
 __all__ = ['ScalableViT']
 
 T = TypeVar('T')
-BLOCK_ORDERS = ('vit_pytorch', 'paper')
+BLOCK_ORDERS = ('vit_pytorch', 'alternating')
 LOCAL_CONVS = ('full', 'depthwise')
 
 
@@ -70,7 +73,7 @@ class ScalableViTBlock(nn.Module):
             qkv_bias: bool = False,
             local_conv: str = 'full',
             pos_conv: bool = False,
-            paper_order: bool = False,
+            alternating: bool = False,
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: Tuple[float, float] = (0., 0.),
@@ -81,7 +84,7 @@ class ScalableViTBlock(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         norm = partial(nn.LayerNorm, dim, eps=1e-5, **dd)
         mlp = partial(Mlp, dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
-        self.paper_order = paper_order
+        self.alternating = alternating
 
         self.norm_ssa = norm()
         self.ssa = ReducedKVAttention(
@@ -105,7 +108,7 @@ class ScalableViTBlock(nn.Module):
         x = x + self.drop_path1(self.mlp1(self.norm_mlp1(x)))
         if self.pos_conv is not None:
             x = self.pos_conv(x)
-        if self.paper_order:
+        if self.alternating:
             x = x + self.drop_path2(self.iwsa(self.norm_iwsa(x)))
             x = x + self.drop_path2(self.mlp2(self.norm_mlp2(x)))
         else:
@@ -193,8 +196,8 @@ class ScalableViT(StageModel):
         qkv_bias: Bias in the query/key/value projections (the paper's; vit-pytorch has none).
         local_conv: 'full' 3x3 conv (vit-pytorch) or 'depthwise' 3x3 conv (the paper) as the IWSA's
             local interactive module.
-        block_order: 'vit_pytorch' (SSA, MLP, MLP, IWSA: what the reference runs) or 'paper'
-            (SSA, MLP, IWSA, MLP).
+        block_order: 'vit_pytorch' (SSA, MLP, MLP, IWSA: what the reference runs) or 'alternating'
+            (SSA, MLP, IWSA, MLP: what it means to run).
         drop_rate: Dropout before the classifier.
         proj_drop_rate: Dropout after the attention projections and in the MLPs.
         attn_drop_rate: Dropout on the attention weights.
@@ -269,7 +272,7 @@ class ScalableViT(StageModel):
             stages.append(ScalableViTStage(
                 in_chs, dim, depth, downsample=i > 0, final_norm=i < num_stages - 1,
                 drop_path=dpr[first:first + 2 * depth], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                local_conv=local_conv, paper_order=block_order == 'paper', proj_drop=proj_drop_rate,
+                local_conv=local_conv, alternating=block_order == 'alternating', proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, **{k: v[i] for k, v in per_stage.items()}, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=4 << i, module=f'stages.{i}'))
             in_chs, first = dim, first + 2 * depth
@@ -385,15 +388,15 @@ default_cfgs = generate_default_cfgs({
     'scalablevit_base': _cfg(),
 })
 
-# What the named variants take from the paper rather than vit-pytorch (see the module docstring).
-_PAPER_OPTIONS = dict(qkv_bias=True, local_conv='depthwise', block_order='paper')
+# The named variants: the paper's depthwise LIM and qkv bias, the block order vit-pytorch means to run.
+_VARIANT_OPTIONS = dict(qkv_bias=True, local_conv='depthwise', block_order='alternating')
 
 
 @register_variant
 def scalablevit_tiny(pretrained: bool = False, **kwargs: Any) -> ScalableViT:
     model_args = dict(
         embed_dim=64, depths=(1, 1, 3, 1), num_heads=(2, 4, 8, 16), ssa_key_dim=(40, 40, 40, 32),
-        reduction_factor=(8, 4, 2, 1), window_size=7, **_PAPER_OPTIONS)
+        reduction_factor=(8, 4, 2, 1), window_size=7, **_VARIANT_OPTIONS)
     return _create_scalablevit('scalablevit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -401,7 +404,7 @@ def scalablevit_tiny(pretrained: bool = False, **kwargs: Any) -> ScalableViT:
 def scalablevit_small(pretrained: bool = False, **kwargs: Any) -> ScalableViT:
     model_args = dict(
         embed_dim=64, depths=(1, 1, 10, 1), num_heads=(2, 4, 8, 16), ssa_key_dim=(40, 40, 40, 32),
-        reduction_factor=(8, 4, 2, 1), window_size=7, **_PAPER_OPTIONS)
+        reduction_factor=(8, 4, 2, 1), window_size=7, **_VARIANT_OPTIONS)
     return _create_scalablevit('scalablevit_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -409,5 +412,5 @@ def scalablevit_small(pretrained: bool = False, **kwargs: Any) -> ScalableViT:
 def scalablevit_base(pretrained: bool = False, **kwargs: Any) -> ScalableViT:
     model_args = dict(
         embed_dim=96, depths=(1, 1, 7, 3), num_heads=(3, 6, 12, 24), ssa_key_dim=(64, 40, 40, 32),
-        reduction_factor=(8, 4, 2, 1), window_size=7, **_PAPER_OPTIONS)
+        reduction_factor=(8, 4, 2, 1), window_size=7, **_VARIANT_OPTIONS)
     return _create_scalablevit('scalablevit_base', pretrained=pretrained, **dict(model_args, **kwargs))
