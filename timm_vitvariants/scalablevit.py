@@ -14,8 +14,9 @@ opens each later stage and doubles the width; the head is mean-pool -> LayerNorm
 
 Differences from vit-pytorch:
   * ``window_size=None`` is global attention as there, but maps that do not divide into windows
-    are zero-padded (padded keys masked) instead of rejected, so any size works at every stage;
-    sizes the reference accepts give its outputs.
+    are zero-padded (padded keys masked) instead of rejected, so every size from the reference's
+    minimum (each stage's map holds one key/value reduction cell: 29x29 for the named variants)
+    works; sizes the reference accepts give its outputs.
   * vit-pytorch unpacks each pair's modules in a different order from the one it builds them in,
     so it really runs SSA, MLP, (PEG), MLP, IWSA. ``block_order='vit_pytorch'`` (the class default,
     used by the converter) keeps that; ``'alternating'`` runs SSA, MLP, (PEG), IWSA, MLP as intended.
@@ -31,8 +32,8 @@ Differences from the paper (and its official code): SSA draws keys and values fr
 kernel = stride = r conv (the official one: a depthwise r x r conv, a 1x1 conv, LayerNorm + GELU,
 then linear keys and values), no LayerNorm after the stem and downsampling convs, each pair starts
 with SSA (the official code starts with IWSA) and the PEG follows the first SSA + MLP, a
-mean-pool -> LayerNorm -> linear head (the official one has a 4096-wide hidden layer). See
-MODEL_CARDS.md for the size and cost gaps.
+mean-pool -> LayerNorm -> linear head (the official one has a 4096-wide hidden layer), LayerNorm
+eps 1e-5 (official: 1e-6). See MODEL_CARDS.md for the size and cost gaps.
 """
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
