@@ -16,4 +16,14 @@ SPECS: Dict[str, Dict[str, Any]] = {
         too_small=(3, 3),
         strides=(2, 4, 8, 16, 32),
     ),
+    'scalablevit': dict(
+        small=dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), ssa_key_dim=8, ssa_value_dim=8, iwsa_key_dim=8,
+                   iwsa_value_dim=8, reduction_factor=(4, 2), window_size=4),
+        small_size=(32, 32),
+        # any size from the minimum (every stage's map holds one key/value reduction cell); windows pad
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (29, 29), (96, 130)],
+        invalid=[(28, 224), (224, 20)],
+        too_small=(3, 3),
+        strides=(4, 8, 16, 32),
+    ),
 }

@@ -23,6 +23,16 @@ def test_scaled_dot_attention(fused):
     torch.testing.assert_close(scaled_dot_attention(q, k, v, bias, fused=fused), reference_attention(q, k, v, bias))
 
 
+@pytest.mark.parametrize('key_dim, value_dim', [(8, 5), (5, 8)])
+def test_scaled_dot_attention_with_different_key_and_value_widths(key_dim, value_dim):
+    """``value_pad`` (key minus value width) zero-pads the narrower side for the flash kernel: same result."""
+    q, k, v = torch.randn(2, 3, 5, key_dim), torch.randn(2, 3, 7, key_dim), torch.randn(2, 3, 7, value_dim)
+    bias = torch.randn(1, 3, 5, 7)
+    out = scaled_dot_attention(q, k, v, bias, value_pad=key_dim - value_dim)
+    assert out.shape == (2, 3, 5, value_dim)
+    torch.testing.assert_close(out, reference_attention(q, k, v, bias))
+
+
 def test_partitions_invert():
     x = torch.randn(2, 6, 8, 3)
     torch.testing.assert_close(window_reverse(window_partition(x, (3, 4)), (3, 4), 6, 8), x)

@@ -30,6 +30,7 @@ def scaled_dot_attention(
         attn_bias: Optional[torch.Tensor] = None,
         dropout_p: float = 0.,
         fused: bool = True,
+        value_pad: int = 0,
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + bias) v for q (B, h, N, d), k (B, h, M, d), v (B, h, M, dv).
 
@@ -37,9 +38,19 @@ def scaled_dot_attention(
     and padding masks (-inf) both travel as the attention mask of ``F.scaled_dot_product_attention``.
     It must be 4-D (size-1 dims where it broadcasts): the CPU flash kernel only takes a bias with the
     batch dims in place, anything else falls back to the slow math path.
+    ``value_pad`` = d - dv, fixed when the module is built (no shape branch, FX-safe): the CPU flash
+    kernel also needs d == dv, so the narrower side is zero-padded, which changes no result
+    (zero value channels are cropped, zero key channels add nothing to q k^T; the scale stays d's).
     ``fused=False`` is the explicit reference path (timm's ``use_fused_attn`` switch).
     """
     if fused:
+        if value_pad > 0:
+            v = F.pad(v, (0, value_pad))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)[..., :-value_pad]
+        if value_pad < 0:
+            scale = q.shape[-1] ** -0.5
+            q, k = F.pad(q, (0, -value_pad)), F.pad(k, (0, -value_pad))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
     attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     if attn_bias is not None:
@@ -237,6 +248,7 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.key_width = num_heads * head_dim
         self.value_width = num_heads * (value_dim or head_dim)
+        self.value_pad = head_dim - (value_dim or head_dim)
         self.window_size = window_size
         self.fused_attn = use_fused_attn()
         self.qkv = nn.Linear(dim, 2 * self.key_width + self.value_width, bias=qkv_bias, **dd)
@@ -261,7 +273,7 @@ class WindowAttention(nn.Module):
             mask = mask.repeat(B, 1, 1).unsqueeze(1)  # (B * nW, 1, 1, N)
         out = scaled_dot_attention(
             split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads), mask,
-            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
+            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn, value_pad=self.value_pad)
         out = window_reverse(merge_heads(out), window, Hp, Wp)[:, :H, :W]  # (B, H, W, value_width)
         if local is not None:
             out = out + local
@@ -296,6 +308,7 @@ class ReducedKVAttention(nn.Module):
         self.num_heads = num_heads
         self.key_width = num_heads * head_dim
         self.value_width = num_heads * (value_dim or head_dim)
+        self.value_pad = head_dim - (value_dim or head_dim)
         self.reduction = reduction
         self.fused_attn = use_fused_attn()
         self.q = nn.Linear(dim, self.key_width, bias=qkv_bias, **dd)
@@ -316,7 +329,7 @@ class ReducedKVAttention(nn.Module):
         k, v = kv.split([self.key_width, self.value_width], dim=-1)
         out = scaled_dot_attention(
             split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
-            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
+            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn, value_pad=self.value_pad)
         out = merge_heads(out).reshape(B, H, W, self.value_width)
         return self.proj_drop(self.proj(out))
 
