@@ -26,4 +26,13 @@ SPECS: Dict[str, Dict[str, Any]] = {
         too_small=(3, 3),
         strides=(4, 8, 16, 32),
     ),
+    'twinssvt': dict(
+        small=dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1), num_heads=2, head_dim=8, window_size=2,
+                   global_k=(4, 2, 1, 1)),
+        small_size=(32, 32),
+        valid=[(224, 224), (224, 320), (320, 224), (221, 223)],
+        invalid=[(16, 224)],
+        too_small=(16, 16),
+        strides=(4, 8, 16, 32),
+    ),
 }
