@@ -191,13 +191,14 @@ class RvT(nn.Module):
         self.rotary_max_freq = float(rotary_max_freq)
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
+        self.in_chans = in_chans
         self.grad_checkpointing = False
 
         self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=patch_size)
         # == vit-pytorch's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' + Linear, as one strided conv
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
-        drop_rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, no tensor (meta)
         self.blocks = nn.ModuleList([
             RvTBlock(embed_dim, num_heads, head_dim, mlp_hidden_dim, use_rotary, use_ds_conv, use_glu,
                      query_kernel_size, proj_drop_rate, attn_drop_rate, drop_rates[i], **dd)
@@ -247,18 +248,14 @@ class RvT(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, H * W, C)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1), grid_size
 
-    def _run_block(
-            self, block: nn.Module, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, grid_size: Tuple[int, int],
-    ) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x, sin, cos, grid_size)
-        return block(x, sin, cos, grid_size)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, grid_size = self._embed(x)
         sin, cos = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
         for block in self.blocks:
-            x = self._run_block(block, x, sin, cos, grid_size)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, sin, cos, grid_size)
+            else:
+                x = block(x, sin, cos, grid_size)
         return self.norm(x)  # (B, 1 + H * W, C)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -292,7 +289,10 @@ class RvT(nn.Module):
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
-            x = self._run_block(block, x, sin, cos, grid_size)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, sin, cos, grid_size)
+            else:
+                x = block(x, sin, cos, grid_size)
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
         prefix_tokens = [y[:, :1] for y in intermediates]
