@@ -241,6 +241,7 @@ class RvT(nn.Module):
         self.num_classes = num_classes
         dd = dict(device=self.cls_token.device, dtype=self.cls_token.dtype)
         self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)  # a fresh head follows the model's mode
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = self.patch_embed(self.image_check(x))  # (B, C, H / p, W / p)
