@@ -35,4 +35,12 @@ SPECS: Dict[str, Dict[str, Any]] = {
         too_small=(16, 16),
         strides=(4, 8, 16, 32),
     ),
+    'rvt': dict(
+        small=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, head_dim=16, mlp_hidden_dim=48),
+        small_size=(32, 32),
+        valid=[(224, 224), (224, 448), (448, 224), (160, 96)],
+        invalid=[(200, 200), (224, 300)],
+        too_small=(8, 8),
+        strides=(16,) * 12,
+    ),
 }

@@ -21,7 +21,7 @@ import timm
 import timm_vitvariants
 
 # Our ViT-style (token output) families, treated like timm's 'vit_*'.
-NON_STD_MODELS: List[str] = []
+NON_STD_MODELS: List[str] = ['rvt_*']
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,418 @@
+"""RvT: vit-pytorch's Rotary Vision Transformer, as timm models.
+
+A plain ViT (linear patch embedding, class token, pre-norm blocks, head on the class token) whose
+attention rotates the queries and keys of the patch tokens with 2-D axial rotary embeddings, takes
+its queries from a depthwise-separable conv over the token grid and uses a GEGLU feed-forward.
+This is vit-pytorch's own design (github.com/lucidrains/vit-pytorch, ``vit_pytorch.rvt``); it is
+NOT the "Robust Vision Transformer" paper (Mao et al., arXiv:2105.07926) that shares the acronym,
+and that paper's weights do not load here. Rotary embeddings: Su et al., RoFormer, arXiv:2104.09864.
+
+Differences from vit-pytorch:
+  * the real grid height and width are used for the rotary tables and the conv queries, so any
+    size that is a multiple of the patch works, rectangles included (vit-pytorch takes the square
+    root of the token count and fails on rectangles); ``rotary_max_freq`` replaces ``image_size``
+    (the only thing it set) and defaults to 224;
+  * rotary angles are always computed in float32 (also under autocast);
+  * the patch embedding is a stride-p conv (same weights as vit-pytorch's rearrange + Linear), the
+    1x1 pointwise query conv is a Linear over tokens, q/k/v are one Linear without the conv queries;
+  * stochastic depth (``drop_path_rate``), ``drop_rate`` before the classifier, attention dropout;
+    vit-pytorch's ignored ``emb_dropout`` is not accepted;
+  * ``global_pool`` 'token' (vit-pytorch's) or 'avg'; the final LayerNorm (vit-pytorch's head norm)
+    is applied to every token in ``forward_features``, as timm's ViT does;
+  * bad inputs raise ValueError/TypeError, weights get timm's transformer init.
+"""
+import math
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+import timm
+from timm.layers import DropPath, GluMlp, Mlp, trunc_normal_
+from timm.models import generate_default_cfgs, register_notrace_function
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
+
+from ._factory import base_cfg, build_variant, register_variant
+from .convert import register_converter
+from .layers import ImageCheck, init_model_weights, merge_heads, scaled_dot_attention, split_heads
+
+__all__ = ['RvT']
+
+
+@register_notrace_function  # FX: the table size comes from concrete grid sizes
+def axial_rotary_table(
+        reference: torch.Tensor, grid_size: Tuple[int, int], head_dim: int, max_freq: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """float32 (sin, cos), each (H * W, 4 * (head_dim // 4)): the first half of the rotated dims
+    turns with the row position, the second half with the column, positions spread over [-1, 1]."""
+    height, width = grid_size
+    device = reference.device
+    scales = torch.linspace(1., max_freq / 2, head_dim // 4, device=device, dtype=torch.float32)
+    rows = torch.linspace(-1., 1., height, device=device, dtype=torch.float32)[:, None] * scales * math.pi
+    cols = torch.linspace(-1., 1., width, device=device, dtype=torch.float32)[:, None] * scales * math.pi
+    quarter = scales.shape[0]
+    angles = torch.cat([
+        rows[:, None, :].expand(height, width, quarter),
+        cols[None, :, :].expand(height, width, quarter),
+    ], dim=-1).reshape(height * width, 2 * quarter)  # (H * W, d / 2)
+    angles = angles.repeat_interleave(2, dim=-1)  # each angle turns one pair of dims: (H * W, rot)
+    return angles.sin(), angles.cos()
+
+
+def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """Rotates the leading ``sin.shape[-1]`` dims of x (B, h, N, d) pairwise; the rest pass through."""
+    rot_dim = sin.shape[-1]
+    rotated, passed = x[..., :rot_dim], x[..., rot_dim:]
+    pairs = rotated.reshape(rotated.shape[:-1] + (rot_dim // 2, 2))  # (B, h, N, rot / 2, 2)
+    turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).reshape(rotated.shape)
+    rotated = rotated * cos.to(x.dtype) + turned * sin.to(x.dtype)
+    return torch.cat([rotated, passed], dim=-1)
+
+
+class ConvQuery(nn.Module):
+    """Queries from a depthwise-separable conv over the patch grid; the class token, which has no
+    grid position, gets a Linear (identity when the widths match, as vit-pytorch)."""
+
+    def __init__(self, dim: int, inner_dim: int, kernel_size: int = 5, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.depthwise = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False, **dd)
+        self.pointwise = nn.Linear(dim, inner_dim, bias=False, **dd)  # the 1x1 conv, on tokens
+        self.cls_proj = nn.Linear(dim, inner_dim, **dd) if dim != inner_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+        cls_token, patches = x[:, :1], x[:, 1:]
+        B, N, C = patches.shape
+        grid = patches.transpose(1, 2).reshape(B, C, grid_size[0], grid_size[1])  # (B, C, H, W)
+        patches = self.depthwise(grid).flatten(2).transpose(1, 2)  # (B, H * W, C)
+        return torch.cat([self.cls_proj(cls_token), self.pointwise(patches)], dim=1)
+
+
+class RotaryAttention(nn.Module):
+    def __init__(
+            self, dim: int, num_heads: int, head_dim: int, use_rotary: bool = True, use_ds_conv: bool = True,
+            query_kernel_size: int = 5, attn_drop: float = 0., proj_drop: float = 0., device=None, dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        inner_dim = num_heads * head_dim
+        self.num_heads = num_heads
+        self.use_rotary = use_rotary
+        self.attn_drop = attn_drop
+        self.query = ConvQuery(dim, inner_dim, query_kernel_size, **dd) if use_ds_conv else None
+        # keys and values (plus the queries when they are not from the conv) in one matmul
+        self.qkv = nn.Linear(dim, inner_dim * (2 if use_ds_conv else 3), bias=False, **dd)
+        self.proj = nn.Linear(inner_dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(
+            self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, grid_size: Tuple[int, int],
+    ) -> torch.Tensor:
+        projected = self.qkv(x)
+        if self.query is not None:
+            k, v = projected.chunk(2, dim=-1)
+            q = self.query(x, grid_size)
+        else:
+            q, k, v = projected.chunk(3, dim=-1)
+        q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+        if self.use_rotary:  # patch tokens only: the class token has no position
+            q = torch.cat([q[:, :, :1], apply_rotary(q[:, :, 1:], sin, cos)], dim=2)
+            k = torch.cat([k[:, :, :1], apply_rotary(k[:, :, 1:], sin, cos)], dim=2)
+        out = scaled_dot_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        return self.proj_drop(self.proj(merge_heads(out)))  # (B, N, C)
+
+
+class RvTBlock(nn.Module):
+    def __init__(
+            self, dim: int, num_heads: int, head_dim: int, mlp_hidden_dim: int, use_rotary: bool = True,
+            use_ds_conv: bool = True, use_glu: bool = True, query_kernel_size: int = 5, proj_drop: float = 0.,
+            attn_drop: float = 0., drop_path: float = 0., device=None, dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.attn = RotaryAttention(
+            dim, num_heads, head_dim, use_rotary, use_ds_conv, query_kernel_size, attn_drop, proj_drop, **dd)
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        if use_glu:  # GEGLU: value half first, GELU gate half second, as vit-pytorch
+            self.mlp = GluMlp(dim, 2 * mlp_hidden_dim, act_layer=nn.GELU, drop=proj_drop, gate_last=True, **dd)
+        else:
+            self.mlp = Mlp(dim, mlp_hidden_dim, act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(
+            self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, grid_size: Tuple[int, int],
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), sin, cos, grid_size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class RvT(nn.Module):
+    """Rotary Vision Transformer. Input: (B, in_chans, H, W) with H, W multiples of ``patch_size``."""
+
+    def __init__(
+            self,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 192,
+            depth: int = 12,
+            num_heads: int = 6,
+            head_dim: int = 32,
+            mlp_hidden_dim: int = 512,
+            use_rotary: bool = True,
+            use_ds_conv: bool = True,
+            use_glu: bool = True,
+            query_kernel_size: int = 5,
+            rotary_max_freq: float = 224.,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if global_pool not in ('token', 'avg', ''):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        for name, value in dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+                                num_heads=num_heads, head_dim=head_dim, mlp_hidden_dim=mlp_hidden_dim).items():
+            if value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value}')
+        if query_kernel_size < 1 or query_kernel_size % 2 == 0:
+            raise ValueError(f'query_kernel_size must be a positive odd integer, got {query_kernel_size}')
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.patch_size = patch_size
+        self.head_dim = head_dim
+        self.rotary_max_freq = float(rotary_max_freq)
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.in_chans = in_chans
+        self.grad_checkpointing = False
+
+        self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=patch_size)
+        # == vit-pytorch's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' + Linear, as one strided conv
+        self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, no tensor (meta)
+        self.blocks = nn.ModuleList([
+            RvTBlock(embed_dim, num_heads, head_dim, mlp_hidden_dim, use_rotary, use_ds_conv, use_glu,
+                     query_kernel_size, proj_drop_rate, attn_drop_rate, drop_rates[i], **dd)
+            for i in range(depth)])
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
+        self.norm = nn.LayerNorm(embed_dim, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        init_model_weights(self)
+        trunc_normal_(self.cls_token, std=.02)
+
+    # --- timm model API -----------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^cls_token|^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ('token', 'avg', ''):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        dd = dict(device=self.cls_token.device, dtype=self.cls_token.dtype)
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)  # a fresh head follows the model's mode
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.patch_embed(self.image_check(x))  # (B, C, H / p, W / p)
+        grid_size = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, H * W, C)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1), grid_size
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, grid_size = self._embed(x)
+        sin, cos = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, sin, cos, grid_size)
+            else:
+                x = block(x, sin, cos, grid_size)
+        return self.norm(x)  # (B, 1 + H * W, C)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == 'token':
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Per-block patch-token maps (stride ``patch_size``), the class token optionally alongside."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, grid_size = self._embed(x)
+        B = x.shape[0]
+        sin, cos = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, sin, cos, grid_size)
+            else:
+                x = block(x, sin, cos, grid_size)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = [y[:, :1] for y in intermediates]
+        maps = [y[:, 1:].reshape(B, grid_size[0], grid_size[1], -1) for y in intermediates]  # (B, H, W, C)
+        if output_fmt == 'NCHW':
+            maps = [y.permute(0, 3, 1, 2).contiguous() for y in maps]  # (B, C, H, W)
+        if return_prefix_tokens:
+            maps = list(zip(maps, prefix_tokens))
+        if intermediates_only:
+            return maps
+        return self.norm(x), maps
+
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True,
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# --- vit-pytorch conversion -------------------------------------------------------------------
+
+def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
+    embed = ref.to_patch_embedding[1]
+    attn, ff = ref.transformer.layers[0]
+    inner_dim = attn.to_kv.out_features // 2
+    scales = ref.transformer.pos_emb.scales
+    config = dict(
+        patch_size=ref.patch_size,
+        in_chans=embed.in_features // ref.patch_size ** 2,
+        num_classes=ref.mlp_head[1].out_features,
+        embed_dim=embed.out_features,
+        depth=len(ref.transformer.layers),
+        num_heads=attn.heads,
+        head_dim=inner_dim // attn.heads,
+        mlp_hidden_dim=ff.net[4].in_features,
+        use_rotary=attn.use_rotary,
+        use_ds_conv=attn.use_ds_conv,
+        use_glu=type(ff.net[2]).__name__ == 'GEGLU',
+        proj_drop_rate=attn.to_out[1].p,
+        attn_drop_rate=attn.dropout.p,
+    )
+    if attn.use_ds_conv:
+        config['query_kernel_size'] = attn.to_q.conv.net[0].kernel_size[0]
+    if scales.numel() > 0:  # linspace(1, max_freq / 2, n) ends at max_freq / 2
+        config['rotary_max_freq'] = 2 * float(scales[-1])
+    return config
+
+
+@register_converter('vit_pytorch.rvt.RvT')
+@torch.no_grad()
+def _from_vit_pytorch(ref: nn.Module) -> RvT:
+    config = _config_from_vit_pytorch(ref)
+    model = timm.create_model('rvt_tiny', **config)
+    p, dim = config['patch_size'], config['embed_dim']
+    embed = ref.to_patch_embedding[1]
+    # Linear over (p1 p2 c) -> conv weight (dim, c, p1, p2)
+    model.patch_embed.weight.copy_(embed.weight.reshape(dim, p, p, config['in_chans']).permute(0, 3, 1, 2))
+    model.patch_embed.bias.copy_(embed.bias)
+    model.cls_token.copy_(ref.cls_token)
+    for block, (ref_attn, ref_ff) in zip(model.blocks, ref.transformer.layers):
+        block.norm1.load_state_dict(ref_attn.norm.state_dict())
+        if block.attn.query is not None:
+            block.attn.qkv.weight.copy_(ref_attn.to_kv.weight)
+            conv = ref_attn.to_q.conv.net
+            block.attn.query.depthwise.weight.copy_(conv[0].weight)
+            block.attn.query.pointwise.weight.copy_(conv[1].weight[:, :, 0, 0])
+            block.attn.query.cls_proj.load_state_dict(ref_attn.to_q.cls_proj.state_dict())
+        else:
+            block.attn.qkv.weight.copy_(torch.cat([ref_attn.to_q.weight, ref_attn.to_kv.weight], dim=0))
+        block.attn.proj.load_state_dict(ref_attn.to_out[0].state_dict())
+        block.norm2.load_state_dict(ref_ff.net[0].state_dict())
+        block.mlp.fc1.load_state_dict(ref_ff.net[1].state_dict())
+        block.mlp.fc2.load_state_dict(ref_ff.net[4].state_dict())
+    model.norm.load_state_dict(ref.mlp_head[0].state_dict())
+    model.head.load_state_dict(ref.mlp_head[1].state_dict())
+    model.model_args = config
+    return model
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def _create_rvt(variant: str, pretrained: bool = False, **kwargs: Any) -> RvT:
+    return build_variant(RvT, variant, pretrained, num_feature_taps=3, **kwargs)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return base_cfg(
+        first_conv='patch_embed', classifier='head', pool_size=(14, 14), min_input_size=(3, 16, 16),
+        paper_ids=('https://github.com/lucidrains/vit-pytorch#rvt', 'arXiv:2104.09864'),
+        paper_name='RvT: Rotary Vision Transformer (vit-pytorch; not arXiv:2105.07926)',
+        **kwargs)
+
+
+# Publishing weights adds a tagged entry, e.g. 'rvt_tiny.in1k': _cfg(hf_hub_id='org/rvt_tiny.in1k').
+default_cfgs = generate_default_cfgs({
+    'rvt_tiny': _cfg(),
+    'rvt_small': _cfg(),
+    'rvt_base': _cfg(),
+})
+
+
+@register_variant
+def rvt_tiny(pretrained: bool = False, **kwargs: Any) -> RvT:
+    model_args = dict(embed_dim=192, depth=12, num_heads=6, head_dim=32, mlp_hidden_dim=512)
+    return _create_rvt('rvt_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def rvt_small(pretrained: bool = False, **kwargs: Any) -> RvT:
+    model_args = dict(embed_dim=384, depth=12, num_heads=6, head_dim=64, mlp_hidden_dim=1024)
+    return _create_rvt('rvt_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def rvt_base(pretrained: bool = False, **kwargs: Any) -> RvT:
+    model_args = dict(embed_dim=768, depth=12, num_heads=12, head_dim=64, mlp_hidden_dim=2048)
+    return _create_rvt('rvt_base', pretrained=pretrained, **dict(model_args, **kwargs))
