@@ -6,8 +6,9 @@ Twins-SVT as first-class timm models.
 from .version import __version__
 from .convert import from_vit_pytorch
 from . import maxvit_reg  # noqa: F401  (registers the models)
+from . import regionvit  # noqa: F401
 
 __all__ = ['__version__', 'from_vit_pytorch', 'MODEL_MODULES']
 
 # The family modules, as timm's registry names them (timm.list_models(module=...)).
-MODEL_MODULES = ('maxvit_reg',)
+MODEL_MODULES = ('maxvit_reg', 'regionvit')
