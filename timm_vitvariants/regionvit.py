@@ -18,6 +18,8 @@ Differences from vit-pytorch:
     ``region_patch * 2 ** (stages - 1)`` so every stage's local map divides into whole windows
     (vit-pytorch asserts; at the sizes it accepts the padding is zero and outputs are equal).
   * stochastic depth (DropPath), ``qkv_bias``, ``drop_rate``, attention and projection dropout.
+  * the named 3-conv variants narrow the tokenizer's first two convs to dim / 4 and dim / 2 as IBM's
+    official code (``stem_chs``; vit-pytorch's full width is the default).
   * the regional tokenizer (rearrange + 1x1 conv) is one kernel = stride conv, the same map.
 Differences from the paper: the downsampling and tokenizer convs are full width (no depthwise)
 and the same downsampling conv is shared by the local and regional streams, as vit-pytorch.
@@ -190,20 +192,21 @@ class Tokenizers(nn.Module):
 
     def __init__(
             self, in_chans: int, dim: int, region_patch: int, pad_multiple: int, three_convs: bool,
-            device=None, dtype=None,
+            stem_chs: Optional[Tuple[int, int]] = None, device=None, dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.pad_multiple = pad_multiple
         if three_convs:
+            width1, width2 = stem_chs or (dim, dim)  # vit-pytorch: full width; IBM's: dim / 4, dim / 2
             self.local = nn.Sequential(
-                nn.Conv2d(in_chans, dim, 3, stride=2, padding=1, **dd),
-                LayerNorm2d(dim, eps=1e-5, **dd),
+                nn.Conv2d(in_chans, width1, 3, stride=2, padding=1, **dd),
+                LayerNorm2d(width1, eps=1e-5, **dd),
                 nn.GELU(),
-                nn.Conv2d(dim, dim, 3, stride=2, padding=1, **dd),
-                LayerNorm2d(dim, eps=1e-5, **dd),
+                nn.Conv2d(width1, width2, 3, stride=2, padding=1, **dd),
+                LayerNorm2d(width2, eps=1e-5, **dd),
                 nn.GELU(),
-                nn.Conv2d(dim, dim, 3, padding=1, **dd),
+                nn.Conv2d(width2, dim, 3, padding=1, **dd),
             )
         else:
             self.local = nn.Conv2d(in_chans, dim, 8, stride=LOCAL_STRIDE, padding=3, **dd)
@@ -241,6 +244,7 @@ class RegionViT(StageModel):
         window_size: Local tokens per region side.
         local_patch_size: Local token stride; must be 4 (the tokenizers are fixed to it).
         tokenize_local_3_conv: Three-conv local tokenizer instead of one 8x8 conv.
+        stem_chs: Widths of the 3-conv tokenizer's first two convs, default the first stage's (vit-pytorch).
         use_peg: Position-encoding generator at the start of stages 2-4.
         mlp_ratio: MLP hidden width over block width.
         qkv_bias: Bias in the qkv projection.
@@ -262,6 +266,7 @@ class RegionViT(StageModel):
             window_size: int = 7,
             local_patch_size: int = 4,
             tokenize_local_3_conv: bool = False,
+            stem_chs: Optional[Tuple[int, int]] = None,
             use_peg: bool = False,
             mlp_ratio: float = 4.,
             qkv_bias: bool = False,
@@ -294,7 +299,7 @@ class RegionViT(StageModel):
 
         self.input_check = RegionCheck(type(self).__name__, in_chans, min_size=region_patch)
         self.stem = Tokenizers(
-            in_chans, dims[0], region_patch, region_patch << (num_stages - 1), tokenize_local_3_conv, **dd)
+            in_chans, dims[0], region_patch, region_patch << (num_stages - 1), tokenize_local_3_conv, stem_chs, **dd)
         self.feature_info = []
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
         stages, in_chs, first = [], dims[0], 0
@@ -363,6 +368,7 @@ def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
         window_size=transformers[0].window_size,
         local_patch_size=ref.local_patch_size,
         tokenize_local_3_conv=isinstance(ref.local_encoder, nn.Sequential),
+        stem_chs=(attns[0].norm.normalized_shape[0],) * 2,  # full width, not the variants' narrow one
         use_peg=len(ref.layers) > 1 and not isinstance(ref.layers[1][1], nn.Identity),
         proj_drop_rate=transformers[0].layers[0][1][3].p,
         attn_drop_rate=attns[0].dropout.p,
@@ -432,14 +438,16 @@ default_cfgs = generate_default_cfgs({
 @register_variant
 def regionvit_tiny(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     model_args = dict(
-        embed_dim=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(2, 4, 8, 16), tokenize_local_3_conv=True)
+        embed_dim=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(2, 4, 8, 16), tokenize_local_3_conv=True,
+        stem_chs=(16, 32))
     return _create_regionvit('regionvit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_variant
 def regionvit_small(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     model_args = dict(
-        embed_dim=(96, 192, 384, 768), depths=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), tokenize_local_3_conv=True)
+        embed_dim=(96, 192, 384, 768), depths=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), tokenize_local_3_conv=True,
+        stem_chs=(24, 48))
     return _create_regionvit('regionvit_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
