@@ -177,6 +177,15 @@ class RegionViTStage(nn.Module):
         return local_tokens, region_tokens
 
 
+class StageSequence(nn.Sequential):
+    """``nn.Sequential`` over stages that pass (local, regional) token pairs (typed for TorchScript)."""
+
+    def forward(self, x: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        for stage in self:
+            x = stage(x)
+        return x
+
+
 @register_notrace_function  # FX: pads by concrete sizes
 def pad_image(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads a (B, C, H, W) batch at the bottom and right up to multiples of ``multiple``."""
@@ -310,11 +319,12 @@ class RegionViT(StageModel):
                 qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, **dd))
             self.feature_info.append(dict(num_chs=dims[i], reduction=LOCAL_STRIDE << i, module=f'stages.{i}'))
             in_chs, first = dims[i], first + depth
-        self.stages = nn.Sequential(*stages)
+        self.stages = StageSequence(*stages)
         self.norm = nn.Identity()  # the head normalizes after pooling, as vit-pytorch
         self.head = NormMlpClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
             norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
+        self.local_features = False  # set by prune_intermediate_layers
         self.init_weights()
 
     def forward_intermediates(
@@ -326,12 +336,13 @@ class RegionViT(StageModel):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Local-token maps of the stages as intermediates; the final output is the regional map."""
+        """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         from timm.models._features import feature_take_indices
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
+        height, width = x.shape[-2], x.shape[-1]
         tokens = self.stem(self.input_check(x))
         if torch.jit.is_scripting() or not stop_early:  # can't slice stages in torchscript
             stages = self.stages
@@ -340,16 +351,35 @@ class RegionViT(StageModel):
         for i, stage in enumerate(stages):
             tokens = stage(tokens)
             if i in take_indices:
-                intermediates.append(to_format(tokens[0].permute(0, 3, 1, 2), output_fmt))
+                # crop the padding: (B, ceil(H / stride), ceil(W / stride), C)
+                stride = 4 << i  # LOCAL_STRIDE (TorchScript takes no int globals)
+                local_map = tokens[0][:, :(height + stride - 1) // stride, :(width + stride - 1) // stride]
+                intermediates.append(to_format(local_map.permute(0, 3, 1, 2), output_fmt))
         if intermediates_only:
             return intermediates
         return self.norm(tokens[1].permute(0, 3, 1, 2)), intermediates
 
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        num_stages = len(self.stages)
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        # features that end before the last stage are its tap, the local-token map
+        self.local_features = self.local_features or len(self.stages) < num_stages
+        return take_indices
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.stem(self.input_check(x))
-        for stage in self.stages:
-            tokens = stage(tokens)
-        return self.norm(tokens[1].permute(0, 3, 1, 2))  # regional tokens (B, C, H / 32, W / 32) at 4 stages
+        height, width = x.shape[-2], x.shape[-1]
+        local_tokens, region_tokens = self.stages(self.stem(self.input_check(x)))
+        if self.local_features:  # pruned: (B, C, ceil(H / stride), ceil(W / stride))
+            stride = 4 << (len(self.stages) - 1)
+            local_map = local_tokens[:, :(height + stride - 1) // stride, :(width + stride - 1) // stride]
+            return self.norm(local_map.permute(0, 3, 1, 2))
+        return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, H / 32, W / 32) at 4 stages, padded
 
 
 # --- vit-pytorch conversion -------------------------------------------------------------------
