@@ -9,8 +9,9 @@ from . import maxvit_reg  # noqa: F401  (registers the models)
 from . import scalablevit  # noqa: F401
 from . import twinssvt  # noqa: F401
 from . import rvt  # noqa: F401
+from . import regionvit  # noqa: F401
 
 __all__ = ['__version__', 'from_vit_pytorch', 'MODEL_MODULES']
 
 # The family modules, as timm's registry names them (timm.list_models(module=...)).
-MODEL_MODULES = ('maxvit_reg', 'rvt', 'scalablevit', 'twinssvt')
+MODEL_MODULES = ('maxvit_reg', 'regionvit', 'rvt', 'scalablevit', 'twinssvt')

@@ -1,0 +1,488 @@
+"""RegionViT: ``regionvit_{tiny,small,base}``
+
+RegionViT: Regional-to-Local Attention for Vision Transformers -- Chen et al., https://arxiv.org/abs/2106.02689
+Behaviour reference: vit-pytorch's ``regionvit.RegionViT`` (``from_vit_pytorch`` converts any of its
+instances to this model with the same outputs).
+
+Two token streams: local tokens (stride 4) and regional tokens (one per ``window_size`` x
+``window_size`` window of local tokens). Each R2L block runs attention over the regional tokens,
+then attention over each window's local tokens with their regional token prepended (same weights,
+relative-position bias on local pairs), then a feed-forward. Classification pools the last
+regional tokens.
+
+Differences from vit-pytorch:
+  * heads and head width are per-stage arguments (the default, 4 x 32 everywhere, is vit-pytorch's;
+    the named variants use heads = dim / 32 as the paper).
+  * ``in_chans`` is honoured by the local tokenizer too (vit-pytorch hard-codes 3 channels there).
+  * any input size >= one region: images are zero-padded at the bottom/right to a multiple of
+    ``region_patch * 2 ** (stages - 1)`` so every stage's local map divides into whole windows
+    (vit-pytorch asserts; at the sizes it accepts the padding is zero and outputs are equal).
+  * stochastic depth (DropPath), ``qkv_bias``, ``drop_rate``, attention and projection dropout.
+  * the named 3-conv variants narrow the tokenizer's first two convs to dim / 4 and dim / 2 as IBM's
+    official code (``stem_chs``; vit-pytorch's full width is the default).
+  * the regional tokenizer (rearrange + 1x1 conv) is one kernel = stride conv, the same map.
+Differences from the paper: the downsampling and tokenizer convs are full width (no depthwise)
+and the same downsampling conv is shared by the local and regional streams, as vit-pytorch.
+"""
+from functools import partial
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timm
+from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
+from timm.layers import calculate_drop_path_rates
+from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
+
+from ._factory import base_cfg, build_variant, register_variant
+from .base import StageModel, to_format
+from .convert import register_converter
+from .layers import ImageCheck, PosConv, RelPosBias, merge_heads, scaled_dot_attention, split_heads
+from .layers import window_partition, window_reverse
+
+__all__ = ['RegionViT']
+
+LOCAL_STRIDE = 4  # both local tokenizers reduce by 4 (vit-pytorch fixes it whatever local_patch_size says)
+
+
+def _per_stage(value: Union[int, Tuple[int, ...]], num_stages: int, name: str) -> Tuple[int, ...]:
+    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
+    if len(values) != num_stages:
+        raise ValueError(f'{name} needs one value or one per stage ({num_stages}), got {value}')
+    return values
+
+
+class R2LAttention(nn.Module):
+    """Pre-norm multi-head attention over (B, N, C) tokens with an optional additive bias."""
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            head_dim: int,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = num_heads
+        self.fused_attn = use_fused_attn()
+        self.norm = nn.LayerNorm(dim, **dd)
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **dd)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(num_heads * head_dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)  # each (B, N, heads * head_dim)
+        out = scaled_dot_attention(
+            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
+            attn_bias, dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
+        return self.proj_drop(self.proj(merge_heads(out)))
+
+
+class R2LBlock(nn.Module):
+    """Regional self-attention, then local-with-regional window attention, then the MLP."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            head_dim: int,
+            window_size: int,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = False,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.window_size = window_size
+        self.attn = R2LAttention(dim, num_heads, head_dim, qkv_bias, attn_drop, proj_drop, **dd)
+        self.norm = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path3 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(
+            self, local_tokens: torch.Tensor, region_tokens: torch.Tensor, local_bias: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        B, H, W, C = local_tokens.shape  # local (B, H, W, C), region (B, H / window, W / window, C)
+        rh, rw = region_tokens.shape[1], region_tokens.shape[2]
+        window = (self.window_size, self.window_size)
+        regions = region_tokens.reshape(B, rh * rw, C)
+        regions = regions + self.drop_path1(self.attn(regions))
+        # every window with its regional token in front: (B * rh * rw, 1 + window ** 2, C)
+        tokens = torch.cat((regions.reshape(B * rh * rw, 1, C), window_partition(local_tokens, window)), dim=1)
+        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias))
+        tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)))
+        local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
+        region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
+        return local_tokens, region_tokens
+
+
+class RegionViTStage(nn.Module):
+    """Optional stride-2 downsampling conv (shared by both streams) and PEG, then R2L blocks."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            dim: int,
+            depth: int,
+            num_heads: int,
+            head_dim: int,
+            window_size: int,
+            downsample: bool,
+            use_peg: bool,
+            drop_path: List[float],
+            device=None,
+            dtype=None,
+            **block_kwargs: Any,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.grad_checkpointing = False
+        self.downsample = nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, **dd) if downsample else None
+        self.pos_conv = PosConv(dim, **dd) if use_peg else None
+        # one bias table per stage, shared by its blocks as vit-pytorch; the regional token gets none
+        self.rel_pos = RelPosBias((window_size, window_size), num_heads, num_prefix_tokens=1, **dd)
+        self.blocks = nn.ModuleList([
+            R2LBlock(dim, num_heads, head_dim, window_size, drop_path=drop_path[i], **dd, **block_kwargs)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        local_tokens, region_tokens = x  # both NHWC
+        if self.downsample is not None:
+            local_tokens = self.downsample(local_tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            region_tokens = self.downsample(region_tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        if self.pos_conv is not None:
+            local_tokens = self.pos_conv(local_tokens)
+        local_bias = self.rel_pos()  # (1, heads, 1 + window ** 2, 1 + window ** 2)
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                local_tokens, region_tokens = checkpoint(block, local_tokens, region_tokens, local_bias)
+            else:
+                local_tokens, region_tokens = block(local_tokens, region_tokens, local_bias)
+        return local_tokens, region_tokens
+
+
+class StageSequence(nn.Sequential):
+    """``nn.Sequential`` over stages that pass (local, regional) token pairs (typed for TorchScript)."""
+
+    def forward(self, x: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        for stage in self:
+            x = stage(x)
+        return x
+
+
+@register_notrace_function  # FX: pads by concrete sizes
+def pad_image(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pads a (B, C, H, W) batch at the bottom and right up to multiples of ``multiple``."""
+    pad_h = (multiple - x.shape[2] % multiple) % multiple
+    pad_w = (multiple - x.shape[3] % multiple) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
+
+
+class Tokenizers(nn.Module):
+    """Image -> (local tokens (B, H/4, W/4, C), regional tokens (B, H/p, W/p, C)), p the region patch."""
+
+    def __init__(
+            self, in_chans: int, dim: int, region_patch: int, pad_multiple: int, three_convs: bool,
+            stem_chs: Optional[Tuple[int, int]] = None, device=None, dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.pad_multiple = pad_multiple
+        if three_convs:
+            width1, width2 = stem_chs or (dim, dim)  # vit-pytorch: full width; IBM's: dim / 4, dim / 2
+            self.local = nn.Sequential(
+                nn.Conv2d(in_chans, width1, 3, stride=2, padding=1, **dd),
+                LayerNorm2d(width1, eps=1e-5, **dd),
+                nn.GELU(),
+                nn.Conv2d(width1, width2, 3, stride=2, padding=1, **dd),
+                LayerNorm2d(width2, eps=1e-5, **dd),
+                nn.GELU(),
+                nn.Conv2d(width2, dim, 3, padding=1, **dd),
+            )
+        else:
+            self.local = nn.Conv2d(in_chans, dim, 8, stride=LOCAL_STRIDE, padding=3, **dd)
+        # patchify + linear == a kernel = stride conv
+        self.region = nn.Conv2d(in_chans, dim, region_patch, stride=region_patch, **dd)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = pad_image(x, self.pad_multiple)
+        return self.local(x).permute(0, 2, 3, 1), self.region(x).permute(0, 2, 3, 1)
+
+
+@register_notrace_module  # FX leaf: it branches on concrete shapes
+class RegionCheck(ImageCheck):
+    """Each side must hold at least one region (smaller ones are padded up)."""
+
+    def check_size(self, height: int, width: int) -> None:
+        low = self.min_size
+        if height < low or width < low:
+            raise ValueError(
+                f'{self.model_name} needs images of at least one region, {low}x{low} '
+                f'(local patch x window size), got {height}x{width}')
+
+
+class RegionViT(StageModel):
+    """RegionViT.
+
+    Args:
+        in_chans: Number of input image channels.
+        num_classes: Number of classes, 0 for no classifier.
+        global_pool: 'avg' or '' (no pooling).
+        embed_dim: Width per stage (vit-pytorch ``dim``).
+        depths: R2L blocks per stage (vit-pytorch ``depth``).
+        num_heads: Attention heads, one value or one per stage.
+        head_dim: Channels per head, one value or one per stage (vit-pytorch ``dim_head``).
+        window_size: Local tokens per region side.
+        local_patch_size: Local token stride; must be 4 (the tokenizers are fixed to it).
+        tokenize_local_3_conv: Three-conv local tokenizer instead of one 8x8 conv.
+        stem_chs: Widths of the 3-conv tokenizer's first two convs, default the first stage's (vit-pytorch).
+        use_peg: Position-encoding generator at the start of stages 2-4.
+        mlp_ratio: MLP hidden width over block width.
+        qkv_bias: Bias in the qkv projection.
+        drop_rate: Dropout before the classifier.
+        proj_drop_rate: Dropout after the attention projection and in the MLPs (vit-pytorch ``ff_dropout``).
+        attn_drop_rate: Dropout on the attention weights (vit-pytorch ``attn_dropout``).
+        drop_path_rate: Stochastic depth, linear over the blocks.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: Tuple[int, ...] = (64, 128, 256, 512),
+            depths: Tuple[int, ...] = (2, 2, 8, 2),
+            num_heads: Union[int, Tuple[int, ...]] = 4,
+            head_dim: Union[int, Tuple[int, ...]] = 32,
+            window_size: int = 7,
+            local_patch_size: int = 4,
+            tokenize_local_3_conv: bool = False,
+            stem_chs: Optional[Tuple[int, int]] = None,
+            use_peg: bool = False,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = False,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        num_stages = len(depths)
+        dims = _per_stage(embed_dim, num_stages, 'embed_dim')
+        heads = _per_stage(num_heads, num_stages, 'num_heads')
+        head_dims = _per_stage(head_dim, num_stages, 'head_dim')
+        if local_patch_size != LOCAL_STRIDE:
+            raise ValueError(f'local_patch_size must be {LOCAL_STRIDE} (the local tokenizers\' stride), '
+                             f'got {local_patch_size}')
+        if window_size < 1 or num_stages < 1 or min(depths) < 1:
+            raise ValueError(f'window_size, the number of stages and every depth must be >= 1, got '
+                             f'window_size={window_size}, depths={depths}')
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        region_patch = local_patch_size * window_size
+
+        self.input_check = RegionCheck(type(self).__name__, in_chans, min_size=region_patch)
+        self.stem = Tokenizers(
+            in_chans, dims[0], region_patch, region_patch << (num_stages - 1), tokenize_local_3_conv, stem_chs, **dd)
+        self.feature_info = []
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
+        stages, in_chs, first = [], dims[0], 0
+        for i, depth in enumerate(depths):
+            stages.append(RegionViTStage(
+                in_chs, dims[i], depth, heads[i], head_dims[i], window_size, downsample=i > 0,
+                use_peg=use_peg and i > 0, drop_path=dpr[first:first + depth], mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, **dd))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=LOCAL_STRIDE << i, module=f'stages.{i}'))
+            in_chs, first = dims[i], first + depth
+        self.stages = StageSequence(*stages)
+        self.norm = nn.Identity()  # the head normalizes after pooling, as vit-pytorch
+        self.head = NormMlpClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+            norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
+        self.local_features = False  # set by prune_intermediate_layers
+        self.init_weights()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        from timm.models._features import feature_take_indices
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates: List[torch.Tensor] = []
+        height, width = x.shape[-2], x.shape[-1]
+        tokens = self.stem(self.input_check(x))
+        if torch.jit.is_scripting() or not stop_early:  # can't slice stages in torchscript
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            tokens = stage(tokens)
+            if i in take_indices:
+                # crop the padding: (B, ceil(H / stride), ceil(W / stride), C)
+                stride = 4 << i  # LOCAL_STRIDE (TorchScript takes no int globals)
+                local_map = tokens[0][:, :(height + stride - 1) // stride, :(width + stride - 1) // stride]
+                intermediates.append(to_format(local_map.permute(0, 3, 1, 2), output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self.norm(tokens[1].permute(0, 3, 1, 2)), intermediates
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        num_stages = len(self.stages)
+        take_indices = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        # features that end before the last stage are its tap, the local-token map
+        self.local_features = self.local_features or len(self.stages) < num_stages
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        local_tokens, region_tokens = self.stages(self.stem(self.input_check(x)))
+        if self.local_features:  # pruned: (B, C, ceil(H / stride), ceil(W / stride))
+            stride = 4 << (len(self.stages) - 1)
+            local_map = local_tokens[:, :(height + stride - 1) // stride, :(width + stride - 1) // stride]
+            return self.norm(local_map.permute(0, 3, 1, 2))
+        return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, H / 32, W / 32) at 4 stages, padded
+
+
+# --- vit-pytorch conversion -------------------------------------------------------------------
+
+def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
+    transformers = [layer[2] for layer in ref.layers]
+    attns = [t.layers[0][0] for t in transformers]
+    region_conv = ref.region_encoder[1]
+    return dict(
+        in_chans=region_conv.in_channels // ref.region_patch_size ** 2,
+        num_classes=ref.to_logits[2].out_features,
+        embed_dim=tuple(a.norm.normalized_shape[0] for a in attns),
+        depths=tuple(len(t.layers) for t in transformers),
+        num_heads=tuple(a.heads for a in attns),
+        head_dim=tuple(a.to_qkv.out_features // 3 // a.heads for a in attns),
+        window_size=transformers[0].window_size,
+        local_patch_size=ref.local_patch_size,
+        tokenize_local_3_conv=isinstance(ref.local_encoder, nn.Sequential),
+        stem_chs=(attns[0].norm.normalized_shape[0],) * 2,  # full width, not the variants' narrow one
+        use_peg=len(ref.layers) > 1 and not isinstance(ref.layers[1][1], nn.Identity),
+        proj_drop_rate=transformers[0].layers[0][1][3].p,
+        attn_drop_rate=attns[0].dropout.p,
+    )
+
+
+@register_converter('vit_pytorch.regionvit.RegionViT')
+@torch.no_grad()
+def _from_vit_pytorch(ref: nn.Module) -> RegionViT:
+    config = _config_from_vit_pytorch(ref)
+    model = timm.create_model('regionvit_tiny', **config)
+    if config['tokenize_local_3_conv']:
+        for i in (0, 3, 6):
+            model.stem.local[i].load_state_dict(ref.local_encoder[i].state_dict())
+        for i in (1, 4):
+            model.stem.local[i].weight.copy_(ref.local_encoder[i].g.flatten())
+            model.stem.local[i].bias.copy_(ref.local_encoder[i].b.flatten())
+    else:
+        model.stem.local.load_state_dict(ref.local_encoder.state_dict())
+    region_conv = ref.region_encoder[1]  # 1x1 conv over (c p1 p2) channels
+    model.stem.region.weight.copy_(region_conv.weight.reshape(model.stem.region.weight.shape))
+    model.stem.region.bias.copy_(region_conv.bias)
+    for stage, (down, peg, transformer) in zip(model.stages, ref.layers):
+        if stage.downsample is not None:
+            stage.downsample.load_state_dict(down.conv.state_dict())
+        if stage.pos_conv is not None:
+            stage.pos_conv.proj.load_state_dict(peg.proj.state_dict())
+        # vit-pytorch indexes its table by dh + dw * (2w - 1), ours by dh * (2w - 1) + dw
+        span = 2 * transformer.window_size - 1
+        table = transformer.local_rel_pos_bias.weight
+        stage.rel_pos.relative_position_bias_table.copy_(
+            table.reshape(span, span, -1).transpose(0, 1).reshape(span * span, -1))
+        for block, (attn, ff) in zip(stage.blocks, transformer.layers):
+            block.attn.norm.load_state_dict(attn.norm.state_dict())
+            block.attn.qkv.weight.copy_(attn.to_qkv.weight)
+            block.attn.proj.load_state_dict(attn.to_out[0].state_dict())
+            block.norm.load_state_dict(ff[0].state_dict())
+            block.mlp.fc1.load_state_dict(ff[1].state_dict())
+            block.mlp.fc2.load_state_dict(ff[4].state_dict())
+    model.head.norm.load_state_dict(ref.to_logits[1].state_dict())
+    model.get_classifier().load_state_dict(ref.to_logits[2].state_dict())
+    model.model_args = config
+    return model
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+def _create_regionvit(variant: str, pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    return build_variant(RegionViT, variant, pretrained, num_feature_taps=4, **kwargs)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return base_cfg(**{
+        'first_conv': ['stem.local.0', 'stem.region'], **kwargs}, classifier='head.fc', pool_size=(1, 1),
+        min_input_size=(3, 28, 28), paper_ids='arXiv:2106.02689',
+        paper_name='RegionViT: Regional-to-Local Attention for Vision Transformers')
+
+
+# Publishing weights adds a tagged entry, e.g. 'regionvit_tiny.in1k': _cfg(hf_hub_id='org/regionvit_tiny.in1k').
+default_cfgs = generate_default_cfgs({
+    'regionvit_tiny': _cfg(),
+    'regionvit_small': _cfg(),
+    'regionvit_base': _cfg(first_conv=['stem.local', 'stem.region']),
+})
+
+
+@register_variant
+def regionvit_tiny(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(2, 4, 8, 16), tokenize_local_3_conv=True,
+        stem_chs=(16, 32))
+    return _create_regionvit('regionvit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_small(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(96, 192, 384, 768), depths=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), tokenize_local_3_conv=True,
+        stem_chs=(24, 48))
+    return _create_regionvit('regionvit_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_base(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(128, 256, 512, 1024), depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), tokenize_local_3_conv=False)
+    return _create_regionvit('regionvit_base', pretrained=pretrained, **dict(model_args, **kwargs))
