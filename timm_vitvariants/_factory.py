@@ -14,6 +14,7 @@ ModelT = TypeVar('ModelT')
 
 PACKAGE = __name__.rsplit('.', 1)[0]
 VIT_PYTORCH_URL = 'https://github.com/lucidrains/vit-pytorch'
+HUB_WEIGHTS_FILE = 'model.safetensors'  # the only weights file read from the Hub
 
 
 def register_variant(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,6 +73,9 @@ def build_variant(
                 f'pretrained_cfg_overlay=dict(file="model.safetensors")), '
                 f'timm.create_model("hf-hub:ORG/REPO", pretrained=True), or convert a vit-pytorch model '
                 f'with timm_vitvariants.from_vit_pytorch(model).')
+        # From the Hub only safetensors: timm would otherwise fall back to unpickling pytorch_model.bin.
+        overlay = kwargs.get('pretrained_cfg_overlay') or {}
+        kwargs['pretrained_cfg_overlay'] = {'hf_hub_filename': HUB_WEIGHTS_FILE, **overlay}
     return build_model_with_cfg(
         model_cls,
         variant,
