@@ -4,8 +4,10 @@ It implements the endpoints huggingface_hub calls for a download (``HEAD``/``GET
 /{repo}/resolve/{revision}/{file}``, answered like the real Hub's LFS files: a redirect carrying
 ``X-Repo-Commit``, ``X-Linked-Etag`` and ``X-Linked-Size``, then the blob with ``ETag`` and
 ``Content-Length``), repo metadata (``/api/models/{repo}[/revision/{rev}]``) and an upload
-(``/api/repos/create``, ``preupload`` answering "regular" for every file, ``commit`` with base64
-contents in NDJSON). It binds to 127.0.0.1 only, handles a bounded number of requests, times
+(``/api/repos/create``, ``validate-yaml``, ``preupload`` answering "regular" for every file,
+``commit`` with base64 contents in NDJSON). Blobs are served from a second port, a different origin
+as the Hub's CDN is: huggingface_hub follows same-origin redirects, and would otherwise look for
+the metadata on the blob response. It binds to 127.0.0.1 only, handles a bounded number of requests, times
 out idle sockets and stops by itself after ``lifetime_s``.
 
 ``truncate_downloads`` makes every blob response announce the full size but send only half of it,
@@ -37,6 +39,7 @@ class LoopbackHub:
         self.requests: List[Tuple[str, str]] = []
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
+        self._cdn: Optional[ThreadingHTTPServer] = None  # a second origin for blobs, as the Hub's CDN
         self._timer: Optional[threading.Timer] = None
         self._stopped = False
 
@@ -62,12 +65,18 @@ class LoopbackHub:
         host, port = self._server.server_address[:2]
         return f'http://{host}:{port}'
 
+    @property
+    def cdn_url(self) -> str:
+        host, port = self._cdn.server_address[:2]
+        return f'http://{host}:{port}'
+
     def __enter__(self) -> 'LoopbackHub':
         self.root.mkdir(parents=True, exist_ok=True)
         handler = type('Handler', (_Handler,), {'hub': self})
-        self._server = ThreadingHTTPServer(('127.0.0.1', 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True).start()
+        self._server, self._cdn = (ThreadingHTTPServer(('127.0.0.1', 0), handler) for _ in range(2))
+        for server in (self._server, self._cdn):
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True).start()
         self._timer = threading.Timer(self.lifetime_s, self.stop)  # stops by itself, whatever the test does
         self._timer.daemon = True
         self._timer.start()
@@ -83,8 +92,9 @@ class LoopbackHub:
             self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
-        self._server.shutdown()
-        self._server.server_close()
+        for server in (self._server, self._cdn):
+            server.shutdown()
+            server.server_close()
 
     def record(self, method: str, path: str) -> None:
         with self._lock:
@@ -120,10 +130,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, code: str, message: str) -> None:
         self._json(status, {'error': message}, {'X-Error-Code': code, 'X-Error-Message': message})
 
-    def _body(self) -> bytes:
-        return self.rfile.read(int(self.headers.get('Content-Length', 0)))
-
     def _route(self) -> None:
+        # read the whole body first: an unread body would be parsed as the next request
+        self.body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
         path = unquote(urlsplit(self.path).path)
         self.hub.record(self.command, path)
         parts = path.strip('/').split('/')
@@ -147,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         commit = self.hub.commit_id(repo_id)
         etag = f'"{hashlib.sha256(data).hexdigest()}"'
         self._reply(302, headers={
-            'Location': f'{self.hub.url}/_blobs/{repo_id}/{commit}/{filename}',
+            'Location': f'{self.hub.cdn_url}/_blobs/{repo_id}/{commit}/{filename}',
             'X-Repo-Commit': commit, 'ETag': etag, 'X-Linked-Etag': etag, 'X-Linked-Size': str(len(data)),
         })
 
@@ -181,12 +190,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, parts: List[str]) -> None:
         if parts[:2] == ['repos', 'create'] and self.command == 'POST':
-            return self._create_repo(json.loads(self._body() or b'{}'))
+            return self._create_repo(json.loads(self.body or b'{}'))
+        if parts == ['validate-yaml'] and self.command == 'POST':  # the model card's metadata block
+            has_metadata = json.loads(self.body)['content'].startswith('---\n')
+            return self._json(200, {'errors': [], 'warnings': [] if has_metadata else [{'message': 'empty metadata'}]})
         if len(parts) < 3 or parts[0] != 'models':
             return self._error(404, 'NotFound', f'no API route /api/{"/".join(parts)}')
         repo_id, rest = '/'.join(parts[1:3]), parts[3:]
         if not self.hub.repo_dir(repo_id).is_dir():
-            self._body()
             return self._error(404, 'RepoNotFound', f'Repository {repo_id} not found')
         if self.command == 'GET' and (not rest or rest[0] == 'revision'):
             commit = self.hub.commit_id(repo_id)
@@ -194,11 +205,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {'id': repo_id, 'modelId': repo_id, 'sha': commit, 'private': False,
                                     'siblings': siblings, 'tags': [], 'downloads': 0, 'likes': 0})
         if self.command == 'POST' and rest and rest[0] == 'preupload':
-            files = json.loads(self._body())['files']
+            files = json.loads(self.body)['files']
             return self._json(200, {'files': [
                 {'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False} for f in files]})
         if self.command == 'POST' and rest and rest[0] == 'commit':
-            return self._commit(repo_id, self._body())
+            return self._commit(repo_id, self.body)
         self._error(404, 'NotFound', f'no API route /api/{"/".join(parts)}')
 
     def _create_repo(self, payload: dict) -> None:
