@@ -3,6 +3,10 @@ import sys
 from typing import Any, Callable, Dict, Type, TypeVar
 
 import torch
+try:
+    from huggingface_hub.errors import RemoteEntryNotFoundError  # huggingface_hub >= 1.0
+except ImportError:  # older: one class for remote and local misses
+    from huggingface_hub.utils import EntryNotFoundError as RemoteEntryNotFoundError
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
@@ -60,13 +64,15 @@ def build_variant(
 ) -> ModelT:
     """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter')
     and a clear error, instead of random weights, when no weights are published."""
+    load_from, location = None, None
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant,
             pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
         )
-        if not _resolve_pretrained_source(cfg.to_dict())[0]:
+        load_from, location = _resolve_pretrained_source(cfg.to_dict())
+        if not load_from:
             raise RuntimeError(
                 f'No pretrained weights are published for {variant!r}. Create it with pretrained=False, '
                 f'or load your own: timm.create_model({variant!r}, pretrained=True, '
@@ -76,12 +82,21 @@ def build_variant(
         # From the Hub only safetensors: timm would otherwise fall back to unpickling pytorch_model.bin.
         overlay = kwargs.get('pretrained_cfg_overlay') or {}
         kwargs['pretrained_cfg_overlay'] = {'hf_hub_filename': HUB_WEIGHTS_FILE, **overlay}
-    return build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=pretrained_filter_fn,
-        # features_only goes through forward_intermediates; by default all taps (an int = last n)
-        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
-        **kwargs,
-    )
+    try:
+        return build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_filter_fn=pretrained_filter_fn,
+            # features_only goes through forward_intermediates; by default all taps (an int = last n)
+            feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
+            **kwargs,
+        )
+    except RemoteEntryNotFoundError as e:
+        if load_from != 'hf-hub':
+            raise
+        repo = location[0] if isinstance(location, (tuple, list)) else location
+        raise RuntimeError(
+            f'The Hub repo {repo!r} has no {HUB_WEIGHTS_FILE}. timm_vitvariants loads only safetensors weights '
+            f'from the Hub and never unpickles a checkpoint (pytorch_model.bin, *.pth); publish the weights with '
+            f'`python -m timm_vitvariants export` and `push`.') from e

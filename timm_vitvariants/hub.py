@@ -80,12 +80,15 @@ def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Te
 
 def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> nn.Module:
     """Strict load with an error that names what did not line up and what to check."""
-    result = model.load_state_dict(state_dict, strict=False)
+    hint = f'the weights in {source} do not fit this model configuration (check the model name and its arguments, ' \
+        f'e.g. num_classes)'
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        mismatches = [line.strip() for line in str(e).splitlines() if 'size mismatch' in line]
+        raise ValueError(f'{hint}: {"; ".join(mismatches[:4]) or e}') from e
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f'the weights in {source} do not fit this model configuration (check the model name and its '
-            f'arguments, e.g. num_classes): missing {result.missing_keys[:8]}, '
-            f'unexpected {result.unexpected_keys[:8]}')
+        raise ValueError(f'{hint}: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}')
     return model
 
 
@@ -115,9 +118,11 @@ def vit_pytorch_from_checkpoint(class_path: str, checkpoint: PathLike, construct
         cls = getattr(importlib.import_module(module_name), class_name)
     except ImportError as e:
         raise ValueError(f'converting {class_path} needs vit-pytorch installed (pip install vit-pytorch): {e}') from e
+    # JSON has no tuples; vit-pytorch wants them for per-stage arguments (e.g. MaxViT's depth)
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in constructor_args.items()}
     try:
-        reference = cls(**constructor_args)
-    except TypeError as e:
+        reference = cls(**args)
+    except (TypeError, ValueError, AssertionError) as e:  # vit-pytorch checks its arguments with assert
         raise ValueError(f'{class_path} does not take these arguments {constructor_args}: {e}') from e
     return load_weights(reference, read_state_dict(checkpoint), str(checkpoint)).eval()
 
