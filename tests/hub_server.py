@@ -10,8 +10,8 @@ as the Hub's CDN is: huggingface_hub follows same-origin redirects, and would ot
 the metadata on the blob response. It binds to 127.0.0.1 only, handles a bounded number of requests, times
 out idle sockets and stops by itself after ``lifetime_s``.
 
-``truncate_downloads`` makes every blob response announce the full size but send only half of it,
-then drop the connection: a download cut off midway.
+Files named in ``truncate`` (e.g. ``{'model.safetensors'}``) are announced at full size but only
+half is sent before the connection drops: a download cut off midway, on every attempt.
 """
 import base64
 import hashlib
@@ -19,7 +19,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 from urllib.parse import unquote, urlsplit
 
 MAX_REQUESTS = 1000
@@ -35,7 +35,7 @@ class LoopbackHub:
     def __init__(self, root: Path, lifetime_s: float = 120.0):
         self.root = Path(root)
         self.lifetime_s = lifetime_s
-        self.truncate_downloads = False
+        self.truncate: Set[str] = set()
         self.requests: List[Tuple[str, str]] = []
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
@@ -179,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == 'HEAD':
             return
         body = data[start:]
-        if self.hub.truncate_downloads:
+        if Path(filename).name in self.hub.truncate:
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
             self.close_connection = True

@@ -1,6 +1,7 @@
 """Weights on the Hub: pretrained configs, export, convert, push, and the whole loop against a
 loopback Hub (tests/hub_server.py) with the real huggingface_hub and timm code."""
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import timm_vitvariants
 from timm.models import get_arch_pretrained_cfgs
 from timm_vitvariants.__main__ import main
 from timm_vitvariants.hub import export_folder, push_folder, read_state_dict, upload_plan
-from timm_vitvariants.info import list_variants
+from timm_vitvariants.info import list_variants, published_weights
 
 from family_specs import SPECS
 from hub_client import sample_input
@@ -70,12 +71,23 @@ def test_pretrained_cfg_carries_full_metadata(name):
             assert cfg.hf_hub_id and cfg.hf_hub_id.count('/') == 1 and cfg.hf_hub_id.endswith(f'.{tag}')
 
 
-@pytest.mark.parametrize('name', list_variants())
+UNPUBLISHED = [name for name in list_variants() if not published_weights(name)]
+
+
+@pytest.mark.parametrize('name', UNPUBLISHED)
 def test_pretrained_without_published_weights_is_a_clear_error(name):
-    if get_arch_pretrained_cfgs(name)[''].has_weights if '' in get_arch_pretrained_cfgs(name) else False:
-        pytest.fail('a default tag with weights: this test needs a variant without published weights')
     with pytest.raises(RuntimeError, match='No pretrained weights are published.*hf-hub:ORG/REPO'):
         timm.create_model(name, pretrained=True)
+
+
+def test_the_error_s_advice_works(tmp_path):
+    """The error suggests pretrained_cfg_overlay=dict(file=...): that loads a local safetensors file."""
+    model = small_model()
+    safetensors.torch.save_file(model.state_dict(), tmp_path / 'model.safetensors')
+    loaded = timm.create_model(f'{HUB_FAMILY}_tiny', pretrained=True, **SPECS[HUB_FAMILY]['small'], num_classes=CLASSES,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors'),
+                                                           num_classes=CLASSES))
+    assert torch.equal(outputs(loaded), outputs(model))
 
 
 # --- reading checkpoints ----------------------------------------------------------------------
@@ -325,15 +337,21 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
                          pretrained_cfg_overlay=dict(hf_hub_id='org/tiny', num_classes=CLASSES))),
         dict(label='new_head', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=3)),
         dict(label='features', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=0)),
+        dict(label='gray', model='hf-hub:org/tiny', input_shape=[2, 1, *shape[2:]], kwargs=dict(in_chans=1)),
         dict(label='missing_repo', model='hf-hub:org/nothing', input_shape=shape),
         dict(label='missing_file', model='hf-hub:org/noconfig', input_shape=shape),
         dict(label='pickle_only', model='hf-hub:org/pickled', input_shape=shape),
     ])
     expected = outputs(model)
-    assert {'first', 'second', 'by_name', 'new_head', 'features'} <= found.keys(), errors
+    assert {'first', 'second', 'by_name', 'new_head', 'features', 'gray'} <= found.keys(), errors
     for label in ('first', 'second', 'by_name'):
         assert torch.equal(found[label], expected), label
     assert found['new_head'].shape == (2, 3)  # classifier re-initialised, as timm does
+    # in_chans=1: timm sums the first conv over the colour channels, so a gray image gives what the
+    # source model gives for the same image repeated in R, G and B
+    with torch.no_grad():
+        gray_as_rgb = model(sample_input([2, 1, *shape[2:]]).expand(-1, 3, -1, -1))
+    assert torch.allclose(found['gray'], gray_as_rgb, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         assert torch.equal(found['features'], model.forward_head(model.forward_features(sample_input(shape)),
                                                                  pre_logits=True))
@@ -360,19 +378,20 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
 @pytest.mark.slow
 def test_truncated_download_leaves_no_corrupt_file_in_the_cache(hub_session, tmp_path):
     model = small_model()
-    folder = export(model, tmp_path / 'out')
-    pushed = hub_session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny')
-    assert pushed.returncode == 0, pushed.stderr
+    folder = export(model, tmp_path / 'server' / 'org' / 'tiny')  # published in place: push is tested above
     home = tmp_path / 'hf_home'
     weights_size = (folder / 'model.safetensors').stat().st_size
 
-    hub_session.hub.truncate_downloads = True
+    hub_session.hub.truncate.add('model.safetensors')
     found, errors = hub_session.load([dict(label='cut', model='hf-hub:org/tiny', input_shape=input_shape())])
     assert not found and 'cut' in errors, 'a truncated download was accepted'
-    complete = [p for p in cached_blobs(home) if not p.name.endswith('.incomplete')]
-    assert all(p.stat().st_size != weights_size // 2 for p in complete)
+    assert f'expected {weights_size}' in errors['cut']['message']  # names what went wrong
+    # every blob left in the cache is whole: its name is the sha256 of its contents (the file's etag)
+    blobs = cached_blobs(home)
+    assert blobs and all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in blobs)
+    assert hub_session.downloads('model.safetensors') > 1  # huggingface_hub retried before giving up
     assert not [p for p in (home / 'hub').rglob('model.safetensors')], 'a corrupt file sits in the snapshot'
 
-    hub_session.hub.truncate_downloads = False
+    hub_session.hub.truncate.clear()
     found, errors = hub_session.load([dict(label='retry', model='hf-hub:org/tiny', input_shape=input_shape())])
     assert not errors and torch.equal(found['retry'], outputs(model))

@@ -107,13 +107,15 @@ def run_convert(args: argparse.Namespace) -> None:
 
 def run_push(args: argparse.Namespace) -> None:
     from .hub import push_folder
+    from .hub import upload_plan
+    files = upload_plan(args.folder)
+    print(f'{"would upload" if args.dry_run else "uploading"} to {args.repo}:')
+    for path in files:
+        print(f'  {path.relative_to(args.folder).as_posix()}  ({path.stat().st_size / 1e6:.2f} MB)')
+    sys.stdout.flush()  # before huggingface_hub's progress bars
     names = push_folder(args.folder, args.repo, private=args.private, revision=args.revision,
                         commit_message=args.message, dry_run=args.dry_run)
     if args.dry_run:
-        sizes = [(Path(args.folder) / n).stat().st_size for n in names]
-        print(f'would upload to {args.repo}:')
-        for name, size in zip(names, sizes):
-            print(f'  {name}  ({size / 1e6:.2f} MB)')
         return
     print(f'uploaded {", ".join(names)} to {args.repo}')
     print(f"load with: timm.create_model('hf-hub:{args.repo}', pretrained=True)")
