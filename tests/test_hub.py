@@ -395,3 +395,9 @@ def test_truncated_download_leaves_no_corrupt_file_in_the_cache(hub_session, tmp
     hub_session.hub.truncate.clear()
     found, errors = hub_session.load([dict(label='retry', model='hf-hub:org/tiny', input_shape=input_shape())])
     assert not errors and torch.equal(found['retry'], outputs(model))
+
+
+@pytest.mark.parametrize('command', ['export', 'convert', 'push', 'list'])
+def test_every_command_has_help(command, capsys):
+    assert cli(command, '--help') == 0
+    assert f'usage: python -m timm_vitvariants {command}' in capsys.readouterr().out

@@ -55,7 +55,10 @@ def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Te
         if use_ema:
             raise ValueError(f'{path} is a safetensors file: it holds one set of weights, there is no EMA to pick')
         import safetensors.torch
-        return safetensors.torch.load_file(str(path), device='cpu')
+        try:
+            return safetensors.torch.load_file(str(path), device='cpu')
+        except Exception as e:  # safetensors' own error types for damaged files
+            raise ValueError(f'{path} is not a readable safetensors file: {e}') from e
     # train.py saves its argparse.Namespace under 'args': plain data, safe to allow.
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
