@@ -29,7 +29,8 @@ class LoopbackHub:
     """``with LoopbackHub(folder) as hub:`` then point ``HF_ENDPOINT`` at ``hub.url``.
 
     A repository is ``folder/org/name/``; its commit id is a hash over its files, so it changes
-    with every commit. ``requests`` records ``(method, path)`` of every request served.
+    with every commit. ``requests`` records ``(method, path)`` of every request served, and
+``authorizations`` the Authorization header sent to each path.
     """
 
     def __init__(self, root: Path, lifetime_s: float = 120.0):
@@ -37,6 +38,7 @@ class LoopbackHub:
         self.lifetime_s = lifetime_s
         self.truncate: Set[str] = set()
         self.requests: List[Tuple[str, str]] = []
+        self.authorizations: Dict[str, Optional[str]] = {}  # path -> the Authorization header last sent
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._cdn: Optional[ThreadingHTTPServer] = None  # a second origin for blobs, as the Hub's CDN
@@ -135,6 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
         path = unquote(urlsplit(self.path).path)
         self.hub.record(self.command, path)
+        self.hub.authorizations[path] = self.headers.get('Authorization')
         parts = path.strip('/').split('/')
         if parts[0] == 'api':
             return self._api(parts[1:])

@@ -314,6 +314,7 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
     assert pushed.returncode == 0, pushed.stderr
     assert sorted(p.name for p in (tmp_path / 'server' / 'org' / 'tiny').iterdir()) == [
         'README.md', 'config.json', 'model.safetensors']
+    assert hub_session.hub.authorizations['/api/models/org/tiny/commit/main'] == 'Bearer hf_loopback'  # HF_TOKEN
     pushed_again = hub_session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny')
     assert pushed_again.returncode == 0, pushed_again.stderr  # an existing repo is reused
 
@@ -335,6 +336,9 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
              # the overlay states the classes the weights have, or timm resets the classifier
              kwargs=dict(small, num_classes=CLASSES,
                          pretrained_cfg_overlay=dict(hf_hub_id='org/tiny', num_classes=CLASSES))),
+        dict(label='by_tag', model=f'{HUB_FAMILY}_tiny.loopback', input_shape=shape,
+             kwargs=dict(small, num_classes=CLASSES),
+             publish={f'{HUB_FAMILY}_tiny.loopback': dict(hf_hub_id='org/tiny', num_classes=CLASSES)}),
         dict(label='new_head', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=3)),
         dict(label='features', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=0)),
         dict(label='gray', model='hf-hub:org/tiny', input_shape=[2, 1, *shape[2:]], kwargs=dict(in_chans=1)),
@@ -343,8 +347,8 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
         dict(label='pickle_only', model='hf-hub:org/pickled', input_shape=shape),
     ])
     expected = outputs(model)
-    assert {'first', 'second', 'by_name', 'new_head', 'features', 'gray'} <= found.keys(), errors
-    for label in ('first', 'second', 'by_name'):
+    assert {'first', 'second', 'by_name', 'by_tag', 'new_head', 'features', 'gray'} <= found.keys(), errors
+    for label in ('first', 'second', 'by_name', 'by_tag'):
         assert torch.equal(found[label], expected), label
     assert found['new_head'].shape == (2, 3)  # classifier re-initialised, as timm does
     # in_chans=1: timm sums the first conv over the colour channels, so a gray image gives what the
@@ -355,7 +359,7 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
     with torch.no_grad():
         assert torch.equal(found['features'], model.forward_head(model.forward_features(sample_input(shape)),
                                                                  pre_logits=True))
-    # four loads of org/tiny, one download: the rest came from the cache
+    # seven loads of org/tiny, one download: the rest came from the cache
     assert hub_session.downloads('model.safetensors') == 1
 
     assert errors['missing_repo']['type'] == 'RepositoryNotFoundError'
