@@ -62,8 +62,9 @@ def build_variant(
         num_feature_taps: int = 4,
         **kwargs: Any,
 ) -> ModelT:
-    """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter')
-    and a clear error, instead of random weights, when no weights are published."""
+    """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter'),
+    a clear error, instead of random weights, when no weights are published, and Hub weights read
+    only from a safetensors file (a repo with only a pickle checkpoint is refused, never unpickled)."""
     load_from, location = None, None
     if pretrained:
         cfg = resolve_pretrained_cfg(
@@ -80,8 +81,9 @@ def build_variant(
                 f'timm.create_model("hf-hub:ORG/REPO", pretrained=True), or convert a vit-pytorch model '
                 f'with timm_vitvariants.from_vit_pytorch(model).')
         # From the Hub only safetensors: timm would otherwise fall back to unpickling pytorch_model.bin.
-        overlay = kwargs.get('pretrained_cfg_overlay') or {}
-        kwargs['pretrained_cfg_overlay'] = {'hf_hub_filename': HUB_WEIGHTS_FILE, **overlay}
+        if not (cfg.hf_hub_filename or '').endswith('.safetensors'):
+            overlay = kwargs.get('pretrained_cfg_overlay') or {}
+            kwargs['pretrained_cfg_overlay'] = {**overlay, 'hf_hub_filename': HUB_WEIGHTS_FILE}
     try:
         return build_model_with_cfg(
             model_cls,
