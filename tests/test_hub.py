@@ -405,3 +405,14 @@ def test_truncated_download_leaves_no_corrupt_file_in_the_cache(hub_session, tmp
 def test_every_command_has_help(command, capsys):
     assert cli(command, '--help') == 0
     assert f'usage: python -m timm_vitvariants {command}' in capsys.readouterr().out
+
+
+def test_push_to_an_unreachable_hub_is_a_one_line_error(tmp_path):
+    folder = export(small_model(), tmp_path / 'out')
+    with LoopbackHub(tmp_path / 'server') as hub:
+        session = HubSession(hub, tmp_path / 'hf_home', tmp_path)
+    # the server has stopped: its port refuses connections
+    pushed = session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny')
+    assert pushed.returncode == 2
+    assert f'error: uploading to org/tiny on {hub.url} failed' in pushed.stderr
+    assert 'Traceback' not in pushed.stderr

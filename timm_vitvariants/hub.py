@@ -319,7 +319,10 @@ def push_folder(
         return names
     from huggingface_hub import HfApi
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message,
-                      allow_patterns=names)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message,
+                          allow_patterns=names)
+    except Exception as e:  # HTTP errors, refused connections, timeouts: one message naming the endpoint
+        raise RuntimeError(f'uploading to {repo_id} on {api.endpoint} failed: {type(e).__name__}: {e}') from e
     return names
