@@ -7,8 +7,8 @@ It implements the endpoints huggingface_hub calls for a download (``HEAD``/``GET
 (``/api/repos/create``, ``validate-yaml``, ``preupload`` answering "regular" for every file,
 ``commit`` with base64 contents in NDJSON). Blobs are served from a second port, a different origin
 as the Hub's CDN is: huggingface_hub follows same-origin redirects, and would otherwise look for
-the metadata on the blob response. It binds to 127.0.0.1 only, handles a bounded number of requests, times
-out idle sockets and stops by itself after ``lifetime_s``.
+the metadata on the blob response. It binds to 127.0.0.1 only, handles a bounded number of
+requests, times out idle sockets and stops by itself after ``lifetime_s``.
 
 Files named in ``truncate`` (e.g. ``{'model.safetensors'}``) are announced at full size but only
 half is sent before the connection drops: a download cut off midway, on every attempt.
@@ -30,7 +30,7 @@ class LoopbackHub:
 
     A repository is ``folder/org/name/``; its commit id is a hash over its files, so it changes
     with every commit. ``requests`` records ``(method, path)`` of every request served, and
-``authorizations`` the Authorization header sent to each path.
+    ``authorizations`` the Authorization header sent to each path.
     """
 
     def __init__(self, root: Path, lifetime_s: float = 120.0):
@@ -139,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.record(self.command, path)
         self.hub.authorizations[path] = self.headers.get('Authorization')
         parts = path.strip('/').split('/')
+        if '..' in parts:
+            return self._error(400, 'BadRequest', 'paths may not leave the served folder')
         if parts[0] == 'api':
             return self._api(parts[1:])
         if parts[0] == '_blobs':  # _blobs/org/name/commit/file...
