@@ -85,7 +85,7 @@ def build_variant(
             overlay = kwargs.get('pretrained_cfg_overlay') or {}
             kwargs['pretrained_cfg_overlay'] = {**overlay, 'hf_hub_filename': HUB_WEIGHTS_FILE}
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls,
             variant,
             pretrained,
@@ -102,3 +102,4 @@ def build_variant(
             f'The Hub repo {repo!r} has no {HUB_WEIGHTS_FILE}. timm_vitvariants loads only safetensors weights '
             f'from the Hub and never unpickles a checkpoint (pytorch_model.bin, *.pth); publish the weights with '
             f'`python -m timm_vitvariants export` and `push`.') from e
+    return model
