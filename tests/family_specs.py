@@ -43,7 +43,6 @@ SPECS: Dict[str, Dict[str, Any]] = {
         too_small=(8, 8),
         strides=(16,) * 12,
     ),
-    ),
     'regionvit': dict(
         small=dict(embed_dim=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=2, head_dim=8, window_size=2,
                    stem_chs=(8, 16)),

@@ -4,6 +4,10 @@ import sys
 from typing import Any, Callable, Dict, Type, TypeVar
 
 import torch
+try:
+    from huggingface_hub.errors import RemoteEntryNotFoundError  # huggingface_hub >= 1.0
+except ImportError:  # older: one class for remote and local misses
+    from huggingface_hub.utils import EntryNotFoundError as RemoteEntryNotFoundError
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
@@ -15,6 +19,7 @@ ModelT = TypeVar('ModelT')
 
 PACKAGE = __name__.rsplit('.', 1)[0]
 VIT_PYTORCH_URL = 'https://github.com/lucidrains/vit-pytorch'
+HUB_WEIGHTS_FILE = 'model.safetensors'  # the only weights file read from the Hub
 
 
 def register_variant(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,30 +63,46 @@ def build_variant(
         num_feature_taps: int = 4,
         **kwargs: Any,
 ) -> ModelT:
-    """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter')
-    and a clear error, instead of random weights, when no weights are published."""
+    """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter'),
+    a clear error, instead of random weights, when no weights are published, and Hub weights read
+    only from a safetensors file (a repo with only a pickle checkpoint is refused, never unpickled)."""
+    load_from, location = None, None
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant,
             pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
         )
-        if not _resolve_pretrained_source(cfg.to_dict())[0]:
+        load_from, location = _resolve_pretrained_source(cfg.to_dict())
+        if not load_from:
             raise RuntimeError(
                 f'No pretrained weights are published for {variant!r}. Create it with pretrained=False, '
                 f'or load your own: timm.create_model({variant!r}, pretrained=True, '
                 f'pretrained_cfg_overlay=dict(file="model.safetensors")), '
                 f'timm.create_model("hf-hub:ORG/REPO", pretrained=True), or convert a vit-pytorch model '
                 f'with timm_vitvariants.from_vit_pytorch(model).')
-    model = build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=pretrained_filter_fn,
-        # features_only goes through forward_intermediates; by default all taps (an int = last n)
-        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
-        **kwargs,
-    )
+        # From the Hub only safetensors: timm would otherwise fall back to unpickling pytorch_model.bin.
+        if not (cfg.hf_hub_filename or '').endswith('.safetensors'):
+            overlay = kwargs.get('pretrained_cfg_overlay') or {}
+            kwargs['pretrained_cfg_overlay'] = {**overlay, 'hf_hub_filename': HUB_WEIGHTS_FILE}
+    try:
+        model = build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_filter_fn=pretrained_filter_fn,
+            # features_only goes through forward_intermediates; by default all taps (an int = last n)
+            feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
+            **kwargs,
+        )
+    except RemoteEntryNotFoundError as e:
+        if load_from != 'hf-hub':
+            raise
+        repo = location[0] if isinstance(location, (tuple, list)) else location
+        raise RuntimeError(
+            f'The Hub repo {repo!r} has no {HUB_WEIGHTS_FILE}. timm_vitvariants loads only safetensors weights '
+            f'from the Hub and never unpickles a checkpoint (pytorch_model.bin, *.pth); publish the weights with '
+            f'`python -m timm_vitvariants export` and `push`.') from e
     if isinstance(model, model_cls):
         # the constructor arguments that make this model, for config.json (timm's ``model_args``) and the cards
         accepted = inspect.signature(model_cls.__init__).parameters
