@@ -72,6 +72,30 @@ def test_every_family_has_a_small_configuration():
 
 
 @pytest.mark.parametrize('family', FAMILIES)
+def test_layer_decay_walks_stem_then_blocks_in_order_then_head(family):
+    """--layer-decay: the stem learns slowest, every block faster than the one before, the head at full rate."""
+    small = SPECS[family]['small']
+    # at least two blocks per stage, so that the order inside a stage shows too
+    deeper = dict(depths=tuple(max(d, 2) for d in small['depths'])) if 'depths' in small else {}
+    model = train_py_model(family, **deeper)
+    optimizer = train_py_optimizer(model)
+    scale_of = {id(p): group['lr_scale'] for group in optimizer.param_groups for p in group['params']}
+    scales = {name: scale_of[id(p)] for name, p in model.named_parameters()}
+    stem = {s for n, s in scales.items() if n.startswith('stem.')}
+    head = {s for n, s in scales.items() if n.startswith('head.')}
+    blocks: Dict[Tuple[int, int], set] = {}
+    for name, scale in scales.items():
+        parts = name.split('.')
+        if parts[0] == 'stages' and parts[2] == 'blocks':
+            blocks.setdefault((int(parts[1]), int(parts[3])), set()).add(scale)
+    assert len(stem) == 1 and head == {1.0} and len(blocks) >= 2
+    assert all(len(s) == 1 for s in blocks.values()), 'a block split over several depths'
+    in_order = [stem.pop()] + [blocks[key].pop() for key in sorted(blocks)] + [1.0]
+    assert in_order == sorted(in_order) and len(set(in_order)) == len(in_order), in_order
+    assert min(scales.values()) == in_order[0]
+
+
+@pytest.mark.parametrize('family', FAMILIES)
 def test_train_py_pipeline_trains_saves_and_resumes(family, tmp_path):
     size = tuple(SPECS[family]['small_size'])
     root = make_image_folder(tmp_path / 'data', size)
@@ -92,12 +116,7 @@ def test_train_py_pipeline_trains_saves_and_resumes(family, tmp_path):
     plain_dataset = create_dataset('', root=str(root), split='train', is_training=False)
     eval_loader = create_loader(plain_dataset, is_training=False, crop_pct=1.0, **loader_kwargs)
 
-    # layer decay: one group per (stem, block..., head) depth, learning-rate scale rising towards the head
     optimizer = train_py_optimizer(model)
-    scales = sorted({g['lr_scale'] for g in optimizer.param_groups})
-    assert len(scales) >= 3 and scales[-1] == 1.0
-    head_groups = [g for g in optimizer.param_groups if any(p is model.get_classifier().weight for p in g['params'])]
-    assert head_groups and head_groups[0]['lr_scale'] == 1.0
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched='cosine', num_epochs=EPOCHS, warmup_epochs=1, warmup_lr=1e-4, min_lr=1e-5,
         updates_per_epoch=len(train_loader))
