@@ -18,21 +18,20 @@ import functools
 import os
 import runpy
 import sys
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-if TYPE_CHECKING:  # torch is imported only once a script runs: usage errors come back at once
-    from torch import nn
+from torch import nn
 
 PROG = 'python -m timm_vitvariants.run'
 
 
-def parameters_on_cpu(module: 'nn.Module') -> bool:
+def parameters_on_cpu(module: nn.Module) -> bool:
     """True when every parameter and buffer of ``module`` is on the CPU (and there is at least one)."""
     devices = {t.device.type for t in module.parameters()} | {t.device.type for t in module.buffers()}
     return devices == {'cpu'}
 
 
-def cpu_safe_device_args(module: 'nn.Module', device_ids: Optional[List[Any]], output_device: Any) -> Tuple[Any, Any]:
+def cpu_safe_device_args(module: nn.Module, device_ids: Optional[List[Any]], output_device: Any) -> Tuple[Any, Any]:
     """``DistributedDataParallel``'s ``device_ids``/``output_device`` for ``module``: dropped (None) for a
     module entirely on the CPU, which is the only form PyTorch accepts there; unchanged otherwise."""
     if (device_ids is not None or output_device is not None) and parameters_on_cpu(module):
@@ -56,7 +55,7 @@ def enable_cpu_ddp() -> None:
         return
 
     @functools.wraps(original_init)
-    def init(self, module: 'nn.Module', device_ids: Optional[List[Any]] = None, output_device: Any = None,
+    def init(self, module: nn.Module, device_ids: Optional[List[Any]] = None, output_device: Any = None,
              *args: Any, **kwargs: Any) -> None:
         device_ids, output_device = cpu_safe_device_args(module, device_ids, output_device)
         original_init(self, module, device_ids, output_device, *args, **kwargs)
