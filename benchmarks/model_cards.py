@@ -3,8 +3,8 @@
 Nothing in MODEL_CARDS.md is typed by hand: sizes, costs, input sizes and feature strides come from
 the registered variants (built on the meta device), speed and memory from the committed
 ``benchmarks/results/*.json``, each family's differences from vit-pytorch and from its paper from
-the family module's docstring, and the papers' own figures and the training recipes from the tables
-below. ``--check`` exits non-zero when the committed file differs from what would be generated.
+the family module's docstring, the papers' own figures from the tables below, and the training
+recipes from ``benchmarks/recipes.md``. ``--check`` exits non-zero when the committed file differs from what would be generated.
 """
 import argparse
 import difflib
@@ -22,6 +22,7 @@ from timm_vitvariants.info import VariantInfo, list_variants, variant_info
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / 'MODEL_CARDS.md'
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+RECIPES = Path(__file__).resolve().parent / 'recipes.md'
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,6 @@ class Family:
     title: str
     paper: str
     sizes: str  # which input sizes work, in words
-    recipe: str = ''  # markdown: a train.py command line for ImageNet-1k and why
 
 
 FAMILIES: Dict[str, Family] = {
@@ -96,6 +96,18 @@ PAPER: Dict[str, PaperFigure] = {
     'twinssvt_small': PaperFigure('Twins-SVT-S', 24.1, 2.9, 81.7),
     'twinssvt_base': PaperFigure('Twins-SVT-B', 56.1, 8.6, 83.2),
 }
+
+
+def load_recipes(path: Path = RECIPES) -> Tuple[str, Dict[str, str]]:
+    """(the shared introduction, {family: its recipe}) from recipes.md's "### <family>: title" sections."""
+    text = path.read_text()
+    intro, *sections = text.split('\n### ')
+    intro = intro.split('-->', 1)[-1].strip()  # drop the leading comment for editors
+    recipes = {}
+    for section in sections:
+        heading, body = section.split('\n', 1)
+        recipes[heading.split(':', 1)[0].strip()] = body.strip()
+    return intro, recipes
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -168,7 +180,7 @@ def speed_table(names: List[str], results: List[dict]) -> List[str]:
     return lines
 
 
-def family_section(family: str, infos: List[VariantInfo], results: List[dict]) -> List[str]:
+def family_section(family: str, infos: List[VariantInfo], results: List[dict], recipe: str = '') -> List[str]:
     spec = FAMILIES[family]
     names = [i.name for i in infos]
     out = [f'## {spec.title}: {", ".join(f"`{n}`" for n in names)}', '', f'**Paper**: {spec.paper}.', '',
@@ -196,8 +208,9 @@ def family_section(family: str, infos: List[VariantInfo], results: List[dict]) -
             f"model = timm.create_model('{names[0]}', num_classes=10)  # pretrained=True once weights are published",
             f"backbone = timm.create_model('{names[0]}', features_only=True, out_indices=(-3, -2, -1))",
             '```', '']
-    if spec.recipe:
-        out += ['**Training recipe** (ImageNet-1k, timm\'s train.py):', '', spec.recipe.strip(), '']
+    if recipe:
+        out += ['**Training recipe** (ImageNet-1k, timm\'s train.py; the shared choices are explained at the end):',
+                '', recipe, '']
     return out
 
 
@@ -236,9 +249,11 @@ def render(results: Optional[List[dict]] = None) -> str:
     out += ['', '| variant | params M | GMACs | default input | feature strides |', '|---|---|---|---|---|']
     out += [f'| `{i.name}` | {i.params_m:.2f} | {i.gmacs:.2f} | {"x".join(map(str, i.input_size[1:]))} '
             f'| {", ".join(map(str, i.feature_strides))} |' for i in infos]
+    recipes_intro, recipes = load_recipes()
     out.append('')
     for family in timm_vitvariants.MODEL_MODULES:
-        out += family_section(family, by_family[family], results)
+        out += family_section(family, by_family[family], results, recipes.get(family, ''))
+    out += ['## Training recipes: what they share', '', recipes_intro, '']
     return '\n'.join(out).rstrip() + '\n'
 
 

@@ -21,6 +21,12 @@ def test_every_variant_and_family_has_a_card():
             assert f'## {model_cards.FAMILIES[family].title}' in text
 
 
+def test_every_family_has_a_training_recipe():
+    _, recipes = model_cards.load_recipes()
+    for family in model_cards.timm_vitvariants.MODEL_MODULES:
+        assert 'train.py' in recipes.get(family, ''), f'no recipe for {family} in benchmarks/recipes.md'
+
+
 def test_speed_figures_come_from_the_results(tmp_path):
     """A results file's figures appear in the card, with its device and setting."""
     name = list_variants()[0]
