@@ -4,7 +4,8 @@ Nothing in MODEL_CARDS.md is typed by hand: sizes, costs, input sizes and featur
 the registered variants (built on the meta device), speed and memory from the committed
 ``benchmarks/results/*.json``, each family's differences from vit-pytorch and from its paper from
 the family module's docstring, the papers' own figures from the tables below, and the training
-recipes from ``benchmarks/recipes.md``. ``--check`` exits non-zero when the committed file differs from what would be generated.
+recipes from ``benchmarks/recipes.md``. ``--check`` exits non-zero when the committed file differs
+from what would be generated.
 """
 import argparse
 import difflib

@@ -66,7 +66,10 @@ def test_pretrained_cfg_carries_full_metadata(name):
         for key in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'first_conv', 'classifier',
                     'license', 'paper_ids', 'num_classes'):
             assert getattr(cfg, key), f'{name}.{tag} lacks {key}'
-        assert timm.create_model(name, device='meta').get_submodule(cfg.first_conv) is not None
+        model = timm.create_model(name, device='meta')
+        first_convs = [cfg.first_conv] if isinstance(cfg.first_conv, str) else cfg.first_conv  # timm takes either
+        for conv in first_convs:
+            assert model.get_submodule(conv).in_channels == 3
         if cfg.has_weights:  # published weights: a full org/name.tag Hub id
             assert cfg.hf_hub_id and cfg.hf_hub_id.count('/') == 1 and cfg.hf_hub_id.endswith(f'.{tag}')
 

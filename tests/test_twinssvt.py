@@ -82,6 +82,26 @@ def test_in_chans_honoured():
     assert model.stages[0].downsample.proj.in_features == 1 * 4 * 4
 
 
+@pytest.mark.parametrize('in_chans', [1, 4])
+def test_pretrained_weights_adapt_to_in_chans(tmp_path, in_chans):
+    """timm adapts only conv stems; the pixel-unshuffle + LayerNorm + Linear embedding is adapted as the
+    (O, C, p, p) conv it is: summed over channels for 1, repeated and rescaled by 3 / C otherwise."""
+    from safetensors.torch import save_file
+    kwargs = dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1), num_heads=2, head_dim=8, global_k=(4, 2, 1, 1))
+    source = timm.create_model('twinssvt_tiny', **kwargs)
+    save_file(source.state_dict(), tmp_path / 'w.safetensors')
+    model = timm.create_model('twinssvt_tiny', pretrained=True, in_chans=in_chans, **kwargs,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.safetensors')))
+    src, dst = source.stages[0].downsample, model.stages[0].downsample
+    w = src.proj.weight.reshape(16, 3, 16)  # (out, C, p * p), p = 4
+    expected = w.sum(1, keepdim=True) if in_chans == 1 else torch.cat([w, w[:, :1]], 1) * 3 / 4
+    torch.testing.assert_close(dst.proj.weight, expected.reshape(16, -1))
+    norm = src.norm_in.weight.reshape(3, 16)
+    expected_norm = norm.mean(0, keepdim=True) if in_chans == 1 else torch.cat([norm, norm[:1]])
+    torch.testing.assert_close(dst.norm_in.weight, expected_norm.reshape(-1))
+    assert torch.isfinite(model(torch.randn(1, in_chans, 64, 64))).all()
+
+
 def test_heads_and_head_dim_per_stage():
     model = timm.create_model('twinssvt_small')
     for stage, heads in zip(model.stages, (2, 4, 8, 16)):

@@ -43,6 +43,7 @@ from torch import nn
 import timm
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_function
+from timm.models._manipulate import adapt_input_conv
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel
@@ -348,8 +349,32 @@ def _from_vit_pytorch(ref: nn.Module) -> TwinsSVT:
 
 # --- registry ---------------------------------------------------------------------------------
 
+def _adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: TwinsSVT) -> Dict[str, torch.Tensor]:
+    """Pretrained weights for another ``in_chans``: the first patch embedding is LayerNorm + Linear over
+    pixel-unshuffled (C * p * p) features, which timm's conv-only ``adapt_input_conv`` cannot take, so its
+    linear is adapted as the (O, C, p, p) conv it is and its input norm's per-feature affine likewise."""
+    embed = model.stages[0].downsample
+    weight = state_dict.get('stages.0.downsample.proj.weight')
+    if weight is None or weight.shape == embed.proj.weight.shape:
+        return state_dict
+    p, out_chs = embed.patch_size, weight.shape[0]
+    src_chans = weight.shape[1] // (p * p)
+    state_dict['stages.0.downsample.proj.weight'] = adapt_input_conv(
+        model.in_chans, weight.reshape(out_chs, src_chans, p, p), base_chans=src_chans).reshape(out_chs, -1)
+    for name in ('weight', 'bias'):  # per-feature affine, (C * p * p,) viewed as (C, p * p)
+        key = f'stages.0.downsample.norm_in.{name}'
+        affine = state_dict[key].reshape(src_chans, p * p)
+        if model.in_chans == 1:
+            affine = affine.mean(0, keepdim=True)
+        else:
+            affine = affine.repeat(-(-model.in_chans // src_chans), 1)[:model.in_chans]
+        state_dict[key] = affine.reshape(-1)
+    return state_dict
+
+
 def _create_twinssvt(variant: str, pretrained: bool = False, **kwargs: Any) -> TwinsSVT:
-    return build_variant(TwinsSVT, variant, pretrained, num_feature_taps=4, **kwargs)
+    return build_variant(
+        TwinsSVT, variant, pretrained, pretrained_filter_fn=_adapt_in_chans, num_feature_taps=4, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
