@@ -242,8 +242,9 @@ def render(results: Optional[List[dict]] = None) -> str:
     ]
     for result in results:
         meta = result['meta']
+        peak_dtype = 'bf16' if 'bf16' in meta['dtype'] else 'fp32'
         out.append(
-            f'- {meta["device"]}: {_setting(meta)}, fp32 matmul peak {meta["matmul_peak_gflops"]:.0f} GFLOP/s '
+            f'- {meta["device"]}: {_setting(meta)}, {peak_dtype} matmul peak {meta["matmul_peak_gflops"]:.0f} GFLOP/s '
             f'measured in the same run; torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}.')
     if not results:
         out.append('- none committed yet.')

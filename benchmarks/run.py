@@ -87,7 +87,7 @@ def synchronize(device: torch.device) -> None:
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
     """Best median GFLOP/s of square matrix multiplies (the achievable peak for this dtype)."""
     best = 0.
-    for n in (1024, 2048, 4096):
+    for n in (1024, 2048, 4096) + ((8192,) if device.type == 'cuda' else ()):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         for _ in range(2):
@@ -349,7 +349,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
 
-    print(f'{meta["device"]}: fp32 matmul peak {peak:.0f} GFLOP/s, batch {args.batch_size}, {args.img_size}px, '
+    print(f'{meta["device"]}: {peak_dtype} matmul peak {peak:.0f} GFLOP/s, batch {args.batch_size}, '
+          f'{args.img_size}px, '
           f'median of {args.repeats} interleaved rounds')
     print_table(rows)
     print(f'wrote {stem.with_suffix(".json")} and .csv')

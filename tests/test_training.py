@@ -3,6 +3,7 @@ calls it makes): ``create_model`` with train.py's keyword arguments, layer-decay
 Mixup/CutMix collation, EMA, grad checkpointing and channels-last, timm's dataset and loader on a tiny
 generated ImageFolder, ``CheckpointSaver`` and resume. Each family runs its small configuration
 (tests/family_specs.py)."""
+import re
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -81,16 +82,19 @@ def test_layer_decay_walks_stem_then_blocks_in_order_then_head(family):
     optimizer = train_py_optimizer(model)
     scale_of = {id(p): group['lr_scale'] for group in optimizer.param_groups for p in group['params']}
     scales = {name: scale_of[id(p)] for name, p in model.named_parameters()}
-    stem = {s for n, s in scales.items() if n.startswith('stem.')}
-    head = {s for n, s in scales.items() if n.startswith('head.')}
-    blocks: Dict[Tuple[int, int], set] = {}
+    cfg = model.pretrained_cfg
+    stems = [cfg['first_conv']] if isinstance(cfg['first_conv'], str) else cfg['first_conv']
+    stem = {s for n, s in scales.items() if any(n.startswith(f'{c}.') for c in stems)}
+    head = {s for n, s in scales.items() if n.startswith(f'{cfg["classifier"]}.')}
+    # blocks ('blocks.N' or 'stages.S.blocks.N'), in registration order, which is the forward order
+    blocks: Dict[str, set] = {}
     for name, scale in scales.items():
-        parts = name.split('.')
-        if parts[0] == 'stages' and parts[2] == 'blocks':
-            blocks.setdefault((int(parts[1]), int(parts[3])), set()).add(scale)
-    assert len(stem) == 1 and head == {1.0} and len(blocks) >= 2
+        match = re.match(r'(.*?blocks\.\d+)\.', name)
+        if match:
+            blocks.setdefault(match.group(1), set()).add(scale)
+    assert len(stem) == 1 and head == {1.0} and len(blocks) >= 2, (stem, head, list(blocks))
     assert all(len(s) == 1 for s in blocks.values()), 'a block split over several depths'
-    in_order = [stem.pop()] + [blocks[key].pop() for key in sorted(blocks)] + [1.0]
+    in_order = [stem.pop()] + [s.pop() for s in blocks.values()] + [1.0]
     assert in_order == sorted(in_order) and len(set(in_order)) == len(in_order), in_order
     assert min(scales.values()) == in_order[0]
 

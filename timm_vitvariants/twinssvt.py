@@ -266,6 +266,11 @@ class TwinsSVT(StageModel):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.init_weights()
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        # no separate stem: the first stage's patch embedding is one (learns slowest under layer decay)
+        return dict(super().group_matcher(coarse), stem=r'^stages\.0\.downsample')
+
 
 # --- vit-pytorch conversion -------------------------------------------------------------------
 
