@@ -35,6 +35,7 @@ import timm
 from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
 from timm.layers import calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
+from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, to_format
@@ -339,7 +340,6 @@ class RegionViT(StageModel):
         """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        from timm.models._features import feature_take_indices
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
         height, width = x.shape[-2], x.shape[-1]
