@@ -323,7 +323,7 @@ class Tokenizers(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         height, width = x.shape[-2], x.shape[-1]
         x = pad_image(x, self.region_patch)
-        # local tokens of the padding only are dropped (the stages mask them); regions keep the padded area
+        # local tokens that only see padding are dropped (stages re-pad and mask them); regions keep the padding
         local_tokens = self.local(x).permute(0, 2, 3, 1)[:, :(height + 3) // 4, :(width + 3) // 4]  # stride 4
         return local_tokens, self.region(x).permute(0, 2, 3, 1)
 
