@@ -11,7 +11,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
     'maxvit_reg': dict(
         small=dict(embed_dim=32, depths=(1, 1), head_dim=16, window_size=4),
         small_size=(32, 32),
-        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (225, 250), (28, 28), (560, 224)],
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223)],
         invalid=[(200, 200), (224, 300)],
         too_small=(3, 3),
         strides=(2, 4, 8, 16, 32),
