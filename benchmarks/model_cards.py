@@ -47,7 +47,8 @@ FAMILIES: Dict[str, Family] = {
         paper='Chen et al., RegionViT: Regional-to-Local Attention for Vision Transformers, '
               '[arXiv:2106.02689](https://arxiv.org/abs/2106.02689)',
         sizes='any height and width from the minimum up, non-square included: the image is padded to the '
-              'next multiple of the regional patch (28 px at the defaults), as the official implementation does',
+              'next multiple of the regional patch (28 px at the defaults), as the official implementation does, '
+              'and local windows left short by the downsampling are padded and the padded keys masked',
     ),
     'scalablevit': Family(
         title='ScalableViT',

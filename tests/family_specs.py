@@ -47,7 +47,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
         small=dict(embed_dim=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=2, head_dim=8, window_size=2,
                    stem_chs=(8, 16)),
         small_size=(64, 64),
-        valid=[(224, 224), (224, 448), (448, 224), (221, 223)],
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (225, 250), (28, 28), (560, 224)],
         invalid=[],
         too_small=(27, 27),
         strides=(4, 8, 16, 32),

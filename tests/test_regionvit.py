@@ -24,6 +24,11 @@ def tiny(**kwargs) -> RegionViT:
      (128, 256)),
     (dict(dim=32, depth=(1, 1, 1, 1), window_size=2, use_peg=True, attn_dropout=0.1, ff_dropout=0.1), (64, 128)),
     (dict(dim=(64, 96, 128, 160), depth=(2, 1, 3, 1), tokenize_local_3_conv=True), (448, 224)),
+    # sizes where vit-pytorch's windows shrink to local map / regional map: one region (28 px) ...
+    (dict(dim=(16, 16, 32, 32), depth=(1, 2, 1, 1), tokenize_local_3_conv=True, use_peg=True), (28, 56)),
+    # ... or several, smaller than the window: 560 px has 18 local rows for 3 regions at stage 4 (6 each)
+    (dict(dim=(16, 16, 32, 32), depth=(1, 1, 1, 2)), (560, 224)),
+    (dict(dim=(16, 16, 32, 32), depth=(1, 1, 2, 1), window_size=4), (48, 96)),
 ])
 def test_parity_with_vit_pytorch(config, size):
     torch.manual_seed(0)
@@ -49,17 +54,103 @@ def test_any_size_at_least_one_region(size):
     assert out.shape == (1, 10) and torch.isfinite(out).all()
 
 
-def test_padding_equals_explicit_zero_padding():
-    model = tiny().eval()
-    x = torch.randn(1, 3, 50, 70)
-    padded = torch.nn.functional.pad(x, (0, 128 - 70, 0, 64 - 50))
-    torch.testing.assert_close(model(x), model(padded))
+def ceil_div(size, stride):
+    return -(-size // stride)
+
+
+def padded_model(**kwargs) -> RegionViT:
+    """The default window (7, region patch 28) with narrow stages: 225x250 pads in every stage."""
+    return tiny(window_size=7, depths=(1, 1, 2, 1), **kwargs).eval()
+
+
+def test_stages_run_on_the_real_size_padded_to_whole_windows_only():
+    model, size = padded_model(), (225, 250)
+    seen = {}
+    for i, stage in enumerate(model.stages):
+        stage.blocks[0].register_forward_pre_hook(lambda m, args, i=i: seen.update({(i, 'blocks'): args}))
+        stage.register_forward_hook(lambda m, args, out, i=i: seen.update({(i, 'out'): out[0].shape[1:3]}))
+    model(torch.randn(2, 3, *size))
+    for i in range(4):
+        # the stage returns ceil(size / stride) local tokens; its blocks see them padded to whole windows
+        assert seen[i, 'out'] == tuple(ceil_div(s, 4 << i) for s in size)
+        local_tokens, region_tokens, bias = seen[i, 'blocks']
+        regions = tuple(ceil_div(s, 28 << i) for s in size)
+        assert region_tokens.shape[1:3] == regions and local_tokens.shape[1:3] == tuple(7 * r for r in regions)
+        assert bias.shape[0] == 2 * regions[0] * regions[1]  # padded keys are masked per window
+    # (padding to a multiple of 224 gave 112x112 local tokens at stage 1)
+    assert seen[0, 'blocks'][0].shape[1:3] == (63, 63)
+
+
+def test_no_mask_where_the_windows_are_full():
+    model = padded_model()
+    biases = []
+    for stage in model.stages:
+        stage.blocks[0].register_forward_pre_hook(lambda m, args: biases.append(args[2]))
+    model(torch.randn(2, 3, 224, 448))
+    assert [b.shape[0] for b in biases] == [1, 1, 1, 1]  # the relative-position bias alone: fused fast path
+
+
+def test_padded_local_tokens_are_masked():
+    """Noise written into every block's padded local tokens changes no output: not the logits, not the features."""
+    model, size = padded_model(), (225, 250)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        logits, features = model(x), model.forward_intermediates(x, intermediates_only=True)
+
+    def fill(i, real_only):
+        real = tuple(ceil_div(s, 4 << i) for s in size)
+
+        def hook(module, args):
+            local_tokens = args[0]
+            padding = torch.ones_like(local_tokens, dtype=torch.bool)
+            padding[:, :real[0], :real[1]] = False  # the bottom rows and right columns
+            noise = 100 * torch.randn_like(local_tokens)
+            return (torch.where(padding != real_only, noise, local_tokens),) + args[1:]
+        return hook
+
+    handles = [block.register_forward_pre_hook(fill(i, real_only=False))
+               for i, stage in enumerate(model.stages) for block in stage.blocks]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), logits)
+        for a, b in zip(model.forward_intermediates(x, intermediates_only=True), features):
+            torch.testing.assert_close(a, b)
+    for handle in handles:
+        handle.remove()
+    # the same noise on the real tokens of the last stage does change the result: the hook reaches them
+    model.stages[3].blocks[0].register_forward_pre_hook(fill(3, real_only=True))
+    with torch.no_grad():
+        assert not torch.allclose(model(x), logits)
+
+
+def test_explicit_zero_padding_is_not_the_same():
+    """Zeros padded by the caller are image content; the model's own padding stays masked."""
+    model = padded_model()
+    x = torch.randn(1, 3, 225, 250)
+    padded = torch.nn.functional.pad(x, (0, 252 - 250, 0, 252 - 225))
+    assert not torch.allclose(model(x), model(padded), atol=1e-4)
+
+
+def test_non_square_padded_input_independent_per_image():
+    model = padded_model()
+    x = torch.randn(3, 3, 100, 37)
+    out = model(x)
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    torch.testing.assert_close(model(x[1:2]), out[1:2], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize('size', [(7, 64), (64, 3)])
 def test_too_small_raises_with_minimum(size):
     with pytest.raises(ValueError, match='8x8'):
         tiny()(torch.randn(1, 3, *size))
+
+
+def test_minimum_is_one_region_at_the_defaults():
+    model = timm.create_model('regionvit_tiny', embed_dim=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=2,
+                              head_dim=8, num_classes=10).eval()
+    assert model.pretrained_cfg['min_input_size'] == (3, 28, 28)
+    assert model(torch.randn(1, 3, 28, 28)).shape == (1, 10)
+    with pytest.raises(ValueError, match='at least one region, 28x28'):
+        model(torch.randn(1, 3, 27, 300))
 
 
 def test_in_chans_honoured():

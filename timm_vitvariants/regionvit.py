@@ -14,15 +14,24 @@ Differences from vit-pytorch:
   * heads and head width are per-stage arguments (the default, 4 x 32 everywhere, is vit-pytorch's;
     the named variants use heads = dim / 32 as the paper).
   * ``in_chans`` is honoured by the local tokenizer too (vit-pytorch hard-codes 3 channels there).
-  * any input size >= one region: images are zero-padded at the bottom/right to a multiple of
-    ``region_patch * 2 ** (stages - 1)`` so every stage's local map divides into whole windows
-    (vit-pytorch asserts; at the sizes it accepts the padding is zero and outputs are equal).
+  * any input size >= one region (28 px at the defaults), non-square included, as IBM's official
+    code: the image is zero-padded at the bottom/right to a multiple of the region patch (regional
+    tokens cover the padding, local tokens stop at ceil(H / 4)). Where a stage's local map does not
+    fill ``window_size`` x its regional map (the stride-2 convs round both up), the stage pads it at
+    the bottom/right, masks the padded tokens as keys and crops them afterwards: the cost follows the
+    real size and padded local tokens reach no real token. vit-pytorch asserts sizes that divide by
+    the region patch; at the few of them where a later stage's local map splits evenly into smaller
+    windows (at the defaults 560 px, and 28, 56, 112 px where the last stages have one region) each
+    region takes its share, as vit-pytorch, so outputs equal vit-pytorch's at every size it accepts.
   * stochastic depth (DropPath), ``qkv_bias``, ``drop_rate``, attention and projection dropout.
   * the named 3-conv variants narrow the tokenizer's first two convs to dim / 4 and dim / 2 as IBM's
     official code (``stem_chs``; vit-pytorch's full width is the default).
   * the regional tokenizer (rearrange + 1x1 conv) is one kernel = stride conv, the same map.
 Differences from the paper: the downsampling and tokenizer convs are full width (no depthwise)
 and the same downsampling conv is shared by the local and regional streams, as vit-pytorch.
+Differences from IBM's padding: both tokenizers see the same bottom/right padding (IBM pads the
+regional tokenizer's input on all sides and its local tokenizer sees the raw image), so region i and
+window i cover the same pixels.
 """
 from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -35,6 +44,7 @@ import timm
 from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
 from timm.layers import calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
+from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, to_format
@@ -117,7 +127,7 @@ class R2LBlock(nn.Module):
     def forward(
             self, local_tokens: torch.Tensor, region_tokens: torch.Tensor, local_bias: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        B, H, W, C = local_tokens.shape  # local (B, H, W, C), region (B, H / window, W / window, C)
+        B, H, W, C = local_tokens.shape  # local in windows (B, rh * window, rw * window, C), region (B, rh, rw, C)
         rh, rw = region_tokens.shape[1], region_tokens.shape[2]
         window = (self.window_size, self.window_size)
         regions = region_tokens.reshape(B, rh * rw, C)
@@ -129,6 +139,81 @@ class R2LBlock(nn.Module):
         local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
         region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
         return local_tokens, region_tokens
+
+
+@register_notrace_function  # FX: one node; branch-free, so it also traces where not wrapped
+def splits_evenly(height: int, width: int, region_patch: int, window_size: int, num_stages: int) -> bool:
+    """Whether every stage's local map divides evenly among its regional tokens: the sizes vit-pytorch accepts."""
+    remainders = 0
+    for size in [height, width]:
+        remainders = remainders + size % region_patch
+        local, regions = size * window_size // region_patch, size // region_patch
+        for _ in range(num_stages - 1):
+            local, regions = (local + 1) // 2, (regions + 1) // 2  # both streams' stride-2 convs
+            remainders = remainders + local % regions
+    return remainders == 0
+
+
+@register_notrace_function  # FX: pads by concrete sizes
+def to_region_windows(
+        local_tokens: torch.Tensor, regions: Tuple[int, int], window_size: int, even_split: bool,
+) -> torch.Tensor:
+    """(B, H, W, C) local map -> (B, rh * window, rw * window, C): window (i, j) holds region (i, j)'s tokens.
+
+    A map that fills its windows (H = rh * window, W = rw * window, as at 224 px) is returned as it is.
+    Otherwise the missing tokens are zeros, masked as keys by :func:`window_key_mask`:
+    ``even_split`` (the sizes vit-pytorch accepts) gives each region H / rh x W / rw tokens at the top-left
+    of its window, as vit-pytorch's smaller windows; otherwise each region takes ``window`` tokens per side
+    and the map is padded at the bottom/right, which only shortens the last row and column of windows
+    (IBM's official code).
+    """
+    B, H, W, C = local_tokens.shape
+    rh, rw = regions
+    if H == rh * window_size and W == rw * window_size:
+        return local_tokens
+    if even_split:
+        x = local_tokens.reshape(B, rh, H // rh, rw, W // rw, C)
+        x = F.pad(x, (0, 0, 0, window_size - W // rw, 0, 0, 0, window_size - H // rh))
+        return x.reshape(B, rh * window_size, rw * window_size, C)
+    return F.pad(local_tokens, (0, 0, 0, rw * window_size - W, 0, rh * window_size - H))
+
+
+@register_notrace_function  # FX: crops by concrete sizes
+def from_region_windows(
+        windows: torch.Tensor, size: Tuple[int, int], regions: Tuple[int, int], window_size: int, even_split: bool,
+) -> torch.Tensor:
+    """Inverse of :func:`to_region_windows`: (B, rh * window, rw * window, C) -> the (B, H, W, C) local map."""
+    B, Hp, Wp, C = windows.shape
+    H, W = size
+    rh, rw = regions
+    if H == Hp and W == Wp:
+        return windows
+    if even_split:
+        x = windows.reshape(B, rh, window_size, rw, window_size, C)[:, :, :H // rh, :, :W // rw]
+        return x.reshape(B, H, W, C)
+    return windows[:, :H, :W]
+
+
+@register_notrace_function  # FX: branches on concrete sizes
+def window_key_mask(
+        rel_bias: torch.Tensor, size: Tuple[int, int], regions: Tuple[int, int], window_size: int,
+        even_split: bool, batch_size: int,
+) -> torch.Tensor:
+    """The R2L attention bias of a stage whose (H, W) local map goes into windows by :func:`to_region_windows`.
+
+    ``rel_bias`` (1, heads, N, N), N = 1 + window ** 2, is returned as it is when the map fills its windows
+    (the fused kernels' fast path); otherwise padded keys get -inf on top of it: (B * rh * rw, heads, N, N)
+    in the order of ``window_partition``. Every window keeps its regional token as a key, so no row is
+    all -inf.
+    """
+    H, W = size
+    if H == regions[0] * window_size and W == regions[1] * window_size:
+        return rel_bias
+    real = to_region_windows(rel_bias.new_ones(1, H, W, 1), regions, window_size, even_split)
+    real = window_partition(real, (window_size, window_size)).transpose(1, 2)  # (rh * rw, 1, window ** 2)
+    real = F.pad(real, (1, 0), value=1.)  # the regional token in front: (rh * rw, 1, N)
+    mask = torch.zeros_like(real).masked_fill(real == 0, float('-inf')).unsqueeze(1)  # (rh * rw, 1, 1, N)
+    return (rel_bias + mask).repeat(batch_size, 1, 1, 1)
 
 
 class RegionViTStage(nn.Module):
@@ -152,6 +237,7 @@ class RegionViTStage(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
+        self.window_size = window_size
         self.downsample = nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, **dd) if downsample else None
         self.pos_conv = PosConv(dim, **dd) if use_peg else None
         # one bias table per stage, shared by its blocks as vit-pytorch; the regional token gets none
@@ -161,28 +247,37 @@ class RegionViTStage(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        local_tokens, region_tokens = x  # both NHWC
+    def forward(
+            self, x: Tuple[torch.Tensor, torch.Tensor], even_split: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        local_tokens, region_tokens = x  # both NHWC, local (B, H, W, C) without padding, region (B, rh, rw, C)
         if self.downsample is not None:
             local_tokens = self.downsample(local_tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             region_tokens = self.downsample(region_tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         if self.pos_conv is not None:
             local_tokens = self.pos_conv(local_tokens)
-        local_bias = self.rel_pos()  # (1, heads, 1 + window ** 2, 1 + window ** 2)
+        size = (local_tokens.shape[1], local_tokens.shape[2])
+        regions = (region_tokens.shape[1], region_tokens.shape[2])
+        # padded tokens stay masked keys through all blocks; as queries their outputs are cropped below
+        local_tokens = to_region_windows(local_tokens, regions, self.window_size, even_split)
+        local_bias = window_key_mask(  # (1 or B * rh * rw, heads, 1 + window ** 2, 1 + window ** 2)
+            self.rel_pos(), size, regions, self.window_size, even_split, local_tokens.shape[0])
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 local_tokens, region_tokens = checkpoint(block, local_tokens, region_tokens, local_bias)
             else:
                 local_tokens, region_tokens = block(local_tokens, region_tokens, local_bias)
-        return local_tokens, region_tokens
+        return from_region_windows(local_tokens, size, regions, self.window_size, even_split), region_tokens
 
 
 class StageSequence(nn.Sequential):
     """``nn.Sequential`` over stages that pass (local, regional) token pairs (typed for TorchScript)."""
 
-    def forward(self, x: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+            self, x: Tuple[torch.Tensor, torch.Tensor], even_split: bool = False,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         for stage in self:
-            x = stage(x)
+            x = stage(x, even_split)
         return x
 
 
@@ -197,15 +292,18 @@ def pad_image(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class Tokenizers(nn.Module):
-    """Image -> (local tokens (B, H/4, W/4, C), regional tokens (B, H/p, W/p, C)), p the region patch."""
+    """Image -> (local tokens (B, ceil(H/4), ceil(W/4), C), regional tokens (B, ceil(H/p), ceil(W/p), C)).
+
+    p is the region patch; the image is zero-padded at the bottom/right to multiples of it first.
+    """
 
     def __init__(
-            self, in_chans: int, dim: int, region_patch: int, pad_multiple: int, three_convs: bool,
+            self, in_chans: int, dim: int, region_patch: int, three_convs: bool,
             stem_chs: Optional[Tuple[int, int]] = None, device=None, dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.pad_multiple = pad_multiple
+        self.region_patch = region_patch
         if three_convs:
             width1, width2 = stem_chs or (dim, dim)  # vit-pytorch: full width; IBM's: dim / 4, dim / 2
             self.local = nn.Sequential(
@@ -223,13 +321,16 @@ class Tokenizers(nn.Module):
         self.region = nn.Conv2d(in_chans, dim, region_patch, stride=region_patch, **dd)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = pad_image(x, self.pad_multiple)
-        return self.local(x).permute(0, 2, 3, 1), self.region(x).permute(0, 2, 3, 1)
+        height, width = x.shape[-2], x.shape[-1]
+        x = pad_image(x, self.region_patch)
+        # local tokens that only see padding are dropped (stages re-pad and mask them); regions keep the padding
+        local_tokens = self.local(x).permute(0, 2, 3, 1)[:, :(height + 3) // 4, :(width + 3) // 4]  # stride 4
+        return local_tokens, self.region(x).permute(0, 2, 3, 1)
 
 
 @register_notrace_module  # FX leaf: it branches on concrete shapes
 class RegionCheck(ImageCheck):
-    """Each side must hold at least one region (smaller ones are padded up)."""
+    """Each side must be at least one region patch; sizes in between are padded up to whole regions."""
 
     def check_size(self, height: int, width: int) -> None:
         low = self.min_size
@@ -307,8 +408,10 @@ class RegionViT(StageModel):
         region_patch = local_patch_size * window_size
 
         self.input_check = RegionCheck(type(self).__name__, in_chans, min_size=region_patch)
-        self.stem = Tokenizers(
-            in_chans, dims[0], region_patch, region_patch << (num_stages - 1), tokenize_local_3_conv, stem_chs, **dd)
+        self.stem = Tokenizers(in_chans, dims[0], region_patch, tokenize_local_3_conv, stem_chs, **dd)
+        self.region_patch = region_patch
+        self.window_size = window_size
+        self.num_stages = num_stages  # kept when pruning: the window split looks at every stage
         self.feature_info = []
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
         stages, in_chs, first = [], dims[0], 0
@@ -339,22 +442,19 @@ class RegionViT(StageModel):
         """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        from timm.models._features import feature_take_indices
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
-        height, width = x.shape[-2], x.shape[-1]
-        tokens = self.stem(self.input_check(x))
+        x = self.input_check(x)
+        even_split = splits_evenly(x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
+        tokens = self.stem(x)
         if torch.jit.is_scripting() or not stop_early:  # can't slice stages in torchscript
             stages = self.stages
         else:
             stages = self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
-            tokens = stage(tokens)
-            if i in take_indices:
-                # crop the padding: (B, ceil(H / stride), ceil(W / stride), C)
-                stride = 4 << i  # LOCAL_STRIDE (TorchScript takes no int globals)
-                local_map = tokens[0][:, :(height + stride - 1) // stride, :(width + stride - 1) // stride]
-                intermediates.append(to_format(local_map.permute(0, 3, 1, 2), output_fmt))
+            tokens = stage(tokens, even_split)
+            if i in take_indices:  # the stages crop their padding: (B, ceil(H / stride), ceil(W / stride), C)
+                intermediates.append(to_format(tokens[0].permute(0, 3, 1, 2), output_fmt))
         if intermediates_only:
             return intermediates
         return self.norm(tokens[1].permute(0, 3, 1, 2)), intermediates
@@ -373,13 +473,12 @@ class RegionViT(StageModel):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        local_tokens, region_tokens = self.stages(self.stem(self.input_check(x)))
+        x = self.input_check(x)
+        even_split = splits_evenly(x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
+        local_tokens, region_tokens = self.stages(self.stem(x), even_split)
         if self.local_features:  # pruned: (B, C, ceil(H / stride), ceil(W / stride))
-            stride = 4 << (len(self.stages) - 1)
-            local_map = local_tokens[:, :(height + stride - 1) // stride, :(width + stride - 1) // stride]
-            return self.norm(local_map.permute(0, 3, 1, 2))
-        return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, H / 32, W / 32) at 4 stages, padded
+            return self.norm(local_tokens.permute(0, 3, 1, 2))
+        return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, ceil(H / 224), ceil(W / 224)) at the defaults
 
 
 # --- vit-pytorch conversion -------------------------------------------------------------------
