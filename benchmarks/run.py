@@ -222,7 +222,7 @@ def summarize(c: Contender, family: str, kind: str, compared_to: str, gmacs: flo
         gflops=gflops, peak_fraction=gflops / peak)
 
 
-def benchmark_family_variant(name: str, args, device, amp_dtype, peak) -> List[Row]:
+def benchmark_family_variant(name: str, args, device, amp_dtype, peak, memory: Dict[str, tuple]) -> List[Row]:
     family = timm.models._registry._model_to_module[name]
     size = args.img_size
     batch = torch.randn(args.batch_size, 3, size, size, device=device)
@@ -266,9 +266,8 @@ def benchmark_family_variant(name: str, args, device, amp_dtype, peak) -> List[R
         rows[0].compared_to = timm_c.label
         rows[0].infer_speedup, rows[0].train_speedup = (speedup(ours, timm_c, k) for k in ('infer', 'train'))
         rows.append(theirs)
-    if args.memory and device.type == 'cpu':
-        rows[0].step_memory_mb = measure_memory(name, args.memory_batch_size, False, size)
-        rows[0].step_memory_ckpt_mb = measure_memory(name, args.memory_batch_size, True, size)
+    if name in memory:
+        rows[0].step_memory_mb, rows[0].step_memory_ckpt_mb = memory[name]
     return rows
 
 
@@ -325,10 +324,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.manual_seed(0)
     peak_dtype = amp_dtype or torch.float32
     peaks = [matmul_peak(device, peak_dtype)]
+    # Memory first, while this process is still small: the probes' peak RSS is only trustworthy while the
+    # machine has memory to spare (with this process grown by the timed models, a fresh probe of a
+    # checkpointed step measured the un-checkpointed figure: pages reclaimed between 'before' and the peak).
+    memory: Dict[str, tuple] = {}
+    if args.memory and device.type == 'cpu':
+        for name in names:
+            print(f'training memory of {name} ...', file=sys.stderr, flush=True)
+            memory[name] = tuple(measure_memory(name, args.memory_batch_size, ckpt, args.img_size)
+                                 for ckpt in (False, True))
     rows: List[Row] = []
     for name in names:
         print(f'benchmarking {name} ...', file=sys.stderr, flush=True)
-        rows += benchmark_family_variant(name, args, device, amp_dtype, peaks[0])
+        rows += benchmark_family_variant(name, args, device, amp_dtype, peaks[0], memory)
     peaks.append(matmul_peak(device, peak_dtype))
     peak = max(peaks)
     for r in rows:  # report against the best peak seen in the run
