@@ -22,6 +22,12 @@ from .layers import init_model_weights
 NO_WEIGHT_DECAY_KEYS = ('relative_position_bias_table', 'register_tokens', 'cls_token')
 
 
+def check_output_fmt(output_fmt: str) -> None:
+    """forward_intermediates' formats: 'NCHW' or 'NHWC'."""
+    if output_fmt not in ('NCHW', 'NHWC'):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+
+
 def to_format(x: torch.Tensor, output_fmt: str) -> torch.Tensor:
     """NCHW -> NCHW or NHWC"""
     return x.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x
@@ -103,8 +109,7 @@ class StageModel(nn.Module):
             output_fmt: 'NCHW' or 'NHWC'.
             intermediates_only: Only return the intermediates.
         """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         x = self.input_check(x)
         offset = 1 if self.stem_is_feature else 0
         take_indices, max_index = feature_take_indices(len(self.stages) + offset, indices)

@@ -16,7 +16,8 @@ from timm.models import named_apply, register_notrace_function, register_notrace
 __all__ = [
     'scaled_dot_attention', 'split_heads', 'merge_heads', 'WindowAttention', 'ReducedKVAttention', 'RelPosBias',
     'PosConv',
-    'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'window_padding_mask',
+    'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'pad_image_to_multiple',
+    'window_padding_mask',
     'ImageCheck', 'nearest_multiples', 'init_weights', 'init_model_weights',
 ]
 
@@ -188,6 +189,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: Tuple[int, int]) -> torch.Tensor:
     pad_w = (multiple[1] - W % multiple[1]) % multiple[1]
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
+
+
+@register_notrace_function  # FX: branches on concrete sizes
+def pad_image_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pads an NCHW batch at the bottom and right up to multiples of ``multiple``."""
+    pad_h = (multiple - x.shape[2] % multiple) % multiple
+    pad_w = (multiple - x.shape[3] % multiple) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
     return x
 
 

@@ -47,10 +47,10 @@ from timm.models import checkpoint, generate_default_cfgs, register_notrace_func
 from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, to_format
+from .base import StageModel, check_output_fmt, to_format
 from .convert import register_converter
 from .layers import ImageCheck, PosConv, RelPosBias, merge_heads, scaled_dot_attention, split_heads
-from .layers import window_partition, window_reverse
+from .layers import pad_image_to_multiple, window_partition, window_reverse
 
 __all__ = ['RegionViT']
 
@@ -281,16 +281,6 @@ class StageSequence(nn.Sequential):
         return x
 
 
-@register_notrace_function  # FX: pads by concrete sizes
-def pad_image(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pads a (B, C, H, W) batch at the bottom and right up to multiples of ``multiple``."""
-    pad_h = (multiple - x.shape[2] % multiple) % multiple
-    pad_w = (multiple - x.shape[3] % multiple) % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
-
-
 class Tokenizers(nn.Module):
     """Image -> (local tokens (B, ceil(H/4), ceil(W/4), C), regional tokens (B, ceil(H/p), ceil(W/p), C)).
 
@@ -322,7 +312,7 @@ class Tokenizers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         height, width = x.shape[-2], x.shape[-1]
-        x = pad_image(x, self.region_patch)
+        x = pad_image_to_multiple(x, self.region_patch)
         # local tokens that only see padding are dropped (stages re-pad and mask them); regions keep the padding
         local_tokens = self.local(x).permute(0, 2, 3, 1)[:, :(height + 3) // 4, :(width + 3) // 4]  # stride 4
         return local_tokens, self.region(x).permute(0, 2, 3, 1)
@@ -440,8 +430,7 @@ class RegionViT(StageModel):
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
         x = self.input_check(x)

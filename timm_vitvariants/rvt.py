@@ -34,6 +34,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from ._factory import base_cfg, build_variant, register_variant
+from .base import check_output_fmt
 from .convert import register_converter
 from .layers import ImageCheck, init_model_weights, merge_heads, scaled_dot_attention, split_heads
 
@@ -281,8 +282,7 @@ class RvT(nn.Module):
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Per-block patch-token maps (stride ``patch_size``), the class token optionally alongside."""
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, grid_size = self._embed(x)
         B = x.shape[0]

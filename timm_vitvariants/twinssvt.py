@@ -42,27 +42,17 @@ from torch import nn
 
 import timm
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
-from timm.models import checkpoint, generate_default_cfgs, register_notrace_function
+from timm.models import checkpoint, generate_default_cfgs
 from timm.models._manipulate import adapt_input_conv
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel
 from .convert import register_converter
-from .layers import ImageCheck, PosConv, ReducedKVAttention, WindowAttention
+from .layers import ImageCheck, PosConv, ReducedKVAttention, WindowAttention, pad_image_to_multiple
 
 __all__ = ['TwinsSVT']
 
 IntOrTuple = Union[int, Tuple[int, ...]]
-
-
-@register_notrace_function  # FX: pads by concrete sizes
-def pad_nchw_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pads an NCHW map at the bottom and right up to multiples of ``multiple``."""
-    pad_h = (multiple - x.shape[2] % multiple) % multiple
-    pad_w = (multiple - x.shape[3] % multiple) % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
 
 
 class PatchEmbed(nn.Module):
@@ -78,7 +68,7 @@ class PatchEmbed(nn.Module):
         self.norm_out = nn.LayerNorm(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_nchw_to_multiple(x, self.patch_size)
+        x = pad_image_to_multiple(x, self.patch_size)
         # (B, C, H*p, W*p) -> (B, C*p*p, H, W), channel order (c p1 p2) as the reference's rearrange
         x = F.pixel_unshuffle(x, self.patch_size).permute(0, 2, 3, 1)  # (B, H, W, C*p*p)
         return self.norm_out(self.proj(self.norm_in(x)))
