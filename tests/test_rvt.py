@@ -163,6 +163,26 @@ def test_rotary_angles_float32_under_autocast():
     assert torch.isfinite(out).all()
     from timm_vitvariants.rvt import axial_rotary_table
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        sin, cos = axial_rotary_table(torch.zeros(1, dtype=torch.bfloat16), (3, 5), 16, 224.)
-    assert sin.dtype == cos.dtype == torch.float32
+        rotation = axial_rotary_table(torch.zeros(1, dtype=torch.bfloat16), (3, 5), 16, 224.)
+    assert rotation.dtype == torch.complex64 and rotation.shape == (16, 8)
+    sin = rotation.imag[1:].repeat_interleave(2, dim=-1)  # the class token (row 0) does not turn
+    assert torch.equal(rotation[0], torch.ones(8, dtype=torch.complex64))
     assert F.mse_loss(sin.double(), _reference_rotary(3, 5, 16, 224.)[0]) < 1e-10
+
+
+@pytest.mark.parametrize('head_dim', [16, 18, 19])
+def test_rotary_turns_pairs_as_vit_pytorch(head_dim):
+    """The complex-number rotation equals vit-pytorch's x * cos + rotate_every_two(x) * sin on the patch
+    tokens, leaves the class token and the channels past 4 * (head_dim // 4) unchanged."""
+    from timm_vitvariants.rvt import apply_rotary, axial_rotary_table
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 1 + 12, head_dim, dtype=torch.float64)
+    rotation = axial_rotary_table(x, (3, 4), head_dim, 64.)
+    rot_dim = head_dim // 4 * 4
+    sin, cos = _reference_rotary(3, 4, rot_dim, 64.)
+    patches = x[:, :, 1:, :rot_dim]
+    pairs = patches.reshape(2, 3, 12, rot_dim // 2, 2)
+    turned = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).reshape(patches.shape)
+    expected = x.clone()
+    expected[:, :, 1:, :rot_dim] = patches * cos + turned * sin
+    torch.testing.assert_close(apply_rotary(x, rotation), expected)

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import timm
 from timm.layers import DropPath, GluMlp, Mlp, trunc_normal_
@@ -44,31 +45,41 @@ __all__ = ['RvT']
 @register_notrace_function  # FX: the table size comes from concrete grid sizes
 def axial_rotary_table(
         reference: torch.Tensor, grid_size: Tuple[int, int], head_dim: int, max_freq: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float32 (sin, cos), each (H * W, 4 * (head_dim // 4)): the first half of the rotated dims
-    turns with the row position, the second half with the column, positions spread over [-1, 1]."""
+) -> torch.Tensor:
+    """Complex rotations (1 + H * W, head_dim // 2), at least float32 (complex64) whatever the autocast.
+
+    Entry (n, i) turns channel pair (2i, 2i + 1) of token n: the first quarter of the head's channels
+    turns with the row position, the second with the column (positions spread over [-1, 1]); the
+    class token (n = 0) and any pair beyond 4 * (head_dim // 4) channels do not turn (rotation 1).
+    """
     height, width = grid_size
     device = reference.device
-    scales = torch.linspace(1., max_freq / 2, head_dim // 4, device=device, dtype=torch.float32)
-    rows = torch.linspace(-1., 1., height, device=device, dtype=torch.float32)[:, None] * scales * math.pi
-    cols = torch.linspace(-1., 1., width, device=device, dtype=torch.float32)[:, None] * scales * math.pi
-    quarter = scales.shape[0]
+    dtype = torch.promote_types(reference.dtype, torch.float32)
+    quarter = head_dim // 4
+    scales = torch.linspace(1., max_freq / 2, quarter, device=device, dtype=dtype) * math.pi
+    rows = torch.linspace(-1., 1., height, device=device, dtype=dtype)[:, None] * scales  # (H, d / 4)
+    cols = torch.linspace(-1., 1., width, device=device, dtype=dtype)[:, None] * scales  # (W, d / 4)
     angles = torch.cat([
         rows[:, None, :].expand(height, width, quarter),
         cols[None, :, :].expand(height, width, quarter),
-    ], dim=-1).reshape(height * width, 2 * quarter)  # (H * W, d / 2)
-    angles = angles.repeat_interleave(2, dim=-1)  # each angle turns one pair of dims: (H * W, rot)
-    return angles.sin(), angles.cos()
+    ], dim=-1).reshape(height * width, 2 * quarter)
+    angles = F.pad(angles, (0, head_dim // 2 - 2 * quarter, 1, 0))  # (1 + H * W, d / 2): class token first
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotates the leading ``sin.shape[-1]`` dims of x (B, h, N, d) pairwise; the rest pass through."""
-    rot_dim = sin.shape[-1]
-    rotated, passed = x[..., :rot_dim], x[..., rot_dim:]
-    pairs = rotated.reshape(rotated.shape[:-1] + (rot_dim // 2, 2))  # (B, h, N, rot / 2, 2)
-    turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).reshape(rotated.shape)
-    rotated = rotated * cos.to(x.dtype) + turned * sin.to(x.dtype)
-    return torch.cat([rotated, passed], dim=-1)
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Turns x (B, h, N, d) by ``rotation`` (N, d // 2): channels (2i, 2i + 1) as the complex number
+    x[2i] + j x[2i + 1] times rotation[:, i], i.e. vit-pytorch's x * cos + rotate_every_two(x) * sin in
+    one pass (an odd last channel passes through)."""
+    if x.shape[-1] % 2:
+        return torch.cat([_turn_pairs(x[..., :-1].contiguous(), rotation), x[..., -1:]], dim=-1)
+    return _turn_pairs(x, rotation)
+
+
+def _turn_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    B, h, N, d = x.shape
+    pairs = torch.view_as_complex(x.to(rotation.real.dtype).reshape(B, h, N, d // 2, 2))  # (B, h, N, d / 2)
+    return torch.view_as_real(pairs * rotation).reshape(B, h, N, d).to(x.dtype)
 
 
 class ConvQuery(nn.Module):
@@ -107,9 +118,7 @@ class RotaryAttention(nn.Module):
         self.proj = nn.Linear(inner_dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(
-            self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, grid_size: Tuple[int, int],
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         projected = self.qkv(x)
         if self.query is not None:
             k, v = projected.chunk(2, dim=-1)
@@ -117,9 +126,8 @@ class RotaryAttention(nn.Module):
         else:
             q, k, v = projected.chunk(3, dim=-1)
         q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
-        if self.use_rotary:  # patch tokens only: the class token has no position
-            q = torch.cat([q[:, :, :1], apply_rotary(q[:, :, 1:], sin, cos)], dim=2)
-            k = torch.cat([k[:, :, :1], apply_rotary(k[:, :, 1:], sin, cos)], dim=2)
+        if self.use_rotary:  # the class token has no position: its rotation is 1
+            q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         out = scaled_dot_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(merge_heads(out)))  # (B, N, C)
 
@@ -142,10 +150,8 @@ class RvTBlock(nn.Module):
             self.mlp = Mlp(dim, mlp_hidden_dim, act_layer=nn.GELU, drop=proj_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(
-            self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, grid_size: Tuple[int, int],
-    ) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), sin, cos, grid_size))
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), rotation, grid_size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -252,12 +258,12 @@ class RvT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, grid_size = self._embed(x)
-        sin, cos = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
+        rotation = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, sin, cos, grid_size)
+                x = checkpoint(block, x, rotation, grid_size)
             else:
-                x = block(x, sin, cos, grid_size)
+                x = block(x, rotation, grid_size)
         return self.norm(x)  # (B, 1 + H * W, C)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -286,14 +292,14 @@ class RvT(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x, grid_size = self._embed(x)
         B = x.shape[0]
-        sin, cos = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
+        rotation = axial_rotary_table(x, grid_size, self.head_dim, self.rotary_max_freq)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, sin, cos, grid_size)
+                x = checkpoint(block, x, rotation, grid_size)
             else:
-                x = block(x, sin, cos, grid_size)
+                x = block(x, rotation, grid_size)
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
         prefix_tokens = [y[:, :1] for y in intermediates]
