@@ -136,6 +136,8 @@ def _setting(meta: dict) -> str:
         parts.append('channels-last')
     if meta.get('compile'):
         parts.append('torch.compile')
+    if meta.get('quick'):
+        parts.append('quick run')
     return ', '.join(parts)
 
 
@@ -155,10 +157,21 @@ def _vs_paper(ours: float, paper: Optional[float]) -> str:
     return '' if paper is None else f'{paper:g} ({100 * (ours / paper - 1):+.0f}%)'
 
 
+def _ratio(row: dict, kind: str) -> str:
+    """'1.12x', with the quartiles of the per-round ratios where the results have them: '1.12x (1.03-1.20)'."""
+    iqr = row.get(f'{kind}_speedup_iqr')
+    spread = f' ({iqr[0]:.2f}-{iqr[1]:.2f})' if iqr else ''
+    return f'{row[f"{kind}_speedup"]:.2f}x{spread}'
+
+
+def _ratios(row: dict) -> str:
+    return f'{_ratio(row, "infer")} / {_ratio(row, "train")}'
+
+
 def speed_table(names: List[str], results: List[dict]) -> List[str]:
     lines = [
-        '| variant | device | setting | infer img/s | train img/s | % of matmul peak | vs vit-pytorch (infer / train) '
-        '| vs timm (infer / train) | train memory MB, batch 32 (checkpointed) |',
+        '| variant | device | setting | infer img/s | train img/s | % of matmul peak | vs vit-pytorch (infer / train; '
+        'quartiles of the rounds) | vs timm (infer / train) | train memory MB, batch 32 (checkpointed) |',
         '|---|---|---|---|---|---|---|---|---|',
     ]
     for result in results:
@@ -167,10 +180,8 @@ def speed_table(names: List[str], results: List[dict]) -> List[str]:
             ours, ref = _rows_for(result, name)
             if ours is None:
                 continue
-            vs_ref = '' if ref is None or ref['infer_speedup'] is None else (
-                f'{ref["infer_speedup"]:.2f}x / {ref["train_speedup"]:.2f}x')
-            vs_timm = '' if ours['infer_speedup'] is None else (
-                f'{ours["infer_speedup"]:.2f}x / {ours["train_speedup"]:.2f}x vs `{ours["compared_to"]}`')
+            vs_ref = '' if ref is None or ref['infer_speedup'] is None else _ratios(ref)
+            vs_timm = '' if ours['infer_speedup'] is None else f'{_ratios(ours)} vs `{ours["compared_to"]}`'
             memory = '' if ours['step_memory_mb'] is None else (
                 f'{ours["step_memory_mb"]:.0f} ({ours["step_memory_ckpt_mb"]:.0f})')
             lines.append(
@@ -179,6 +190,28 @@ def speed_table(names: List[str], results: List[dict]) -> List[str]:
                 f'| {vs_ref} | {vs_timm} | {memory} |')
     if len(lines) == 2:
         lines.append('| (no measurements committed yet: run `python -m benchmarks.run`) ||||||||')
+    return lines
+
+
+def time_budget(names: List[str], results: List[dict]) -> List[str]:
+    """Per results file with profiles: how much of the vit-pytorch model's time is kernels both sides run."""
+    lines = []
+    for result in results:
+        for name in names:
+            ours, mine = _rows_for(result, name)
+            theirs = next((r for r in result['rows'] if mine and r['model'] == mine['compared_to']), None)
+            if not theirs or theirs.get('infer_kernel_share') is None:
+                continue
+            share = (theirs['infer_kernel_share'], theirs['train_kernel_share'])
+            lines.append(
+                f'- {result["meta"]["device"]}: {theirs["model"]} at `{name}`\'s vit-pytorch configuration spends '
+                f'{100 * share[0]:.0f}% of inference and {100 * share[1]:.0f}% of a train step in matrix-multiply, '
+                f'convolution and attention kernels, which any implementation of that configuration runs as well; '
+                f'removing everything else would give at most {1 / share[0]:.2f}x / {1 / share[1]:.2f}x. Ours spends '
+                f'{100 * mine["infer_kernel_share"]:.0f}% / {100 * mine["train_kernel_share"]:.0f}% there and runs '
+                f'{mine["infer_speedup"]:.2f}x / {mine["train_speedup"]:.2f}x the reference\'s speed.')
+    if lines:
+        lines = ['**Where the time goes** (torch.profiler, one step of each kind in the same run):', ''] + lines + ['']
     return lines
 
 
@@ -206,7 +239,8 @@ def family_section(family: str, infos: List[VariantInfo], results: List[dict], r
     out += ['', '**Speed** (medians of interleaved rounds; ratios against the vit-pytorch model at the same '
             'configuration and weights, and against timm\'s own model of the family where it has one):', '']
     out += speed_table(names, results)
-    out += ['', '**Usage**:', '', '```python', 'import timm, timm_vitvariants', '',
+    out += [''] + time_budget(names, results)
+    out += ['**Usage**:', '', '```python', 'import timm, timm_vitvariants', '',
             f"model = timm.create_model('{names[0]}', num_classes=10)  # pretrained=True once weights are published",
             f"backbone = timm.create_model('{names[0]}', features_only=True, out_indices=(-3, -2, -1))",
             '```', '']
@@ -244,9 +278,12 @@ def render(results: Optional[List[dict]] = None) -> str:
     for result in results:
         meta = result['meta']
         peak_dtype = 'bf16' if 'bf16' in meta['dtype'] else 'fp32'
+        how = ('the median of a square multiply timed in every round, each round\'s fraction against its own'
+               if 'matmul_peak_size' in meta else 'measured in the same run')
         out.append(
             f'- {meta["device"]}: {_setting(meta)}, {peak_dtype} matmul peak {meta["matmul_peak_gflops"]:.0f} GFLOP/s '
-            f'measured in the same run; torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}.')
+            f'({how}); torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}'
+            + (f', commit {meta["commit"]}.' if meta.get('commit') else '.'))
     if not results:
         out.append('- none committed yet.')
     out += ['', '| variant | params M | GMACs | default input | feature strides |', '|---|---|---|---|---|']

@@ -66,6 +66,10 @@ def _twinssvt(size: str) -> nn.Module:
     return TwinsSVT(num_classes=1000, **kwargs)
 
 
+# Families whose reference is exactly the named variant (same modules, same computation): the benchmark times
+# one model for both rows, and tests/test_benchmarks.py checks the claim.
+EXACT_FAMILIES = ('maxvit_reg', 'rvt')
+
 _BUILDERS: Dict[str, Callable[[str], nn.Module]] = {
     'maxvit_reg': _maxvit_reg,
     'regionvit': _regionvit,
@@ -79,3 +83,7 @@ def vit_pytorch_reference(name: str) -> Optional[nn.Module]:
     family, size = name.rsplit('_', 1)
     builder = _BUILDERS.get(family)
     return builder(size) if builder else None
+
+
+def is_exact_reference(name: str) -> bool:
+    return name.rsplit('_', 1)[0] in EXACT_FAMILIES

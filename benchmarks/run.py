@@ -4,8 +4,13 @@ One process, one run, so that ratios are fair on a noisy machine: every timed co
 its contenders interleaved (A, B, A, B, ...) and reports medians. Measures, per variant:
   * params, GMACs at the default size (torch.utils.flop_counter, as the variant table);
   * inference images/s and train-step images/s at a fixed batch and size;
-  * achieved GFLOP/s in inference as a fraction of the machine's fp32 matrix-multiply peak,
-    which the script measures itself at the start and the end of the run;
+  * achieved GFLOP/s in inference as a fraction of the machine's fp32 matrix-multiply peak, which
+    the script measures itself: a sweep of square sizes picks the fastest, then that multiply runs
+    once in every timed round, so each round's fraction divides by the peak of the same moment;
+  * where the time goes: one profiled inference step and one profiled train step per contender
+    (torch.profiler), split into matrix-multiply/convolution/attention kernels and everything else;
+    a model whose kernels all stay gives at most 1 / (its kernel share) to a rewrite that removes
+    everything else, which bounds the speedup any implementation with the same kernels can reach;
   * peak training-step memory with and without grad checkpointing (each in a fresh process:
     peak RSS during one forward/backward minus the RSS before it);
 and compares, at identical configuration and weights (``from_vit_pytorch``), with the vit-pytorch
@@ -13,7 +18,8 @@ model of the family, and with timm's own ``maxvit_tiny_tf_224`` and ``twins_svt_
 On a GPU it uses bf16 autocast and channels-last, and ``--compile`` adds torch.compile.
 
 Results go to ``benchmarks/results/<device>.json`` and ``.csv``; a table with the ratios is printed.
-``--quick`` runs the small variants (and their references) with fewer repeats.
+``--quick`` runs one variant per family, the ones the targets name (``maxvit_reg_tiny`` and the
+other families' small variants), with fewer rounds and no memory probes: a few minutes on 2 cores.
 """
 import argparse
 import csv
@@ -29,7 +35,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -38,9 +44,11 @@ import timm
 import timm_vitvariants
 from timm_vitvariants.info import count_gmacs, list_variants
 
-from .references import TIMM_COUNTERPARTS, vit_pytorch_reference
+from .references import TIMM_COUNTERPARTS, is_exact_reference, vit_pytorch_reference
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+# --quick: one variant per family, the ones the speed targets name
+QUICK = ('maxvit_reg_tiny', 'regionvit_small', 'rvt_small', 'scalablevit_small', 'twinssvt_small')
 
 
 # --- machine ----------------------------------------------------------------------------------
@@ -61,6 +69,19 @@ def tune_malloc() -> bool:
     return all([
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 30), libc.mallopt(M_TRIM_THRESHOLD, 1 << 30),
         libc.mallopt(M_TOP_PAD, 256 << 20)])
+
+
+def source_commit() -> Optional[str]:
+    """The git commit measured (with '+changes' when the work tree differs), or None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ('+changes' if dirty else '')
 
 
 def device_name(device: torch.device) -> str:
@@ -84,23 +105,45 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """Best median GFLOP/s of square matrix multiplies (the achievable peak for this dtype)."""
-    best = 0.
-    for n in (1024, 2048, 4096) + ((8192,) if device.type == 'cuda' else ()):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> Tuple[float, int]:
+    """(best median GFLOP/s, its size) over square matrix multiplies: the achievable peak for this dtype."""
+    best, best_n = 0., 0
+    for n in (1024, 2048, 3072, 4096) + ((8192,) if device.type == 'cuda' else ()):
+        probe = PeakProbe(n, device, dtype)
         for _ in range(2):
-            a @ b
-        times = []
-        for _ in range(repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            a @ b
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-        best = max(best, 2 * n ** 3 / statistics.median(times) / 1e9)
-    return best
+            probe()
+        gflops = probe.flops / statistics.median(timed(probe, device) for _ in range(repeats)) / 1e9
+        if gflops > best:
+            best, best_n = gflops, n
+    return best, best_n
+
+
+class PeakProbe:
+    """``multiplies`` n x n x n matrix multiplies, re-timed in every round next to the models."""
+
+    def __init__(self, n: int, device: torch.device, dtype: torch.dtype, multiplies: int = 1):
+        self.a = torch.randn(n, n, device=device, dtype=dtype)
+        self.b = torch.randn(n, n, device=device, dtype=dtype)
+        self.n, self.multiplies = n, multiplies
+        self.flops = 2 * n ** 3 * multiplies
+        self.gflops: List[float] = []  # one figure per timed round, over the whole run
+
+    def __call__(self) -> None:
+        for _ in range(self.multiplies):
+            self.a @ self.b
+
+    @classmethod
+    def lasting(cls, seconds: float, n: int, gflops: float, device: torch.device, dtype: torch.dtype) -> 'PeakProbe':
+        """A probe of about ``seconds`` at ``gflops``: long enough that one hiccup does not decide a round."""
+        return cls(n, device, dtype, multiplies=max(1, round(seconds * gflops * 1e9 / (2 * n ** 3))))
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -113,6 +156,7 @@ class Contender:
     infer: Callable[[], None] = None
     train: Callable[[], None] = None
     times: Dict[str, List[float]] = field(default_factory=lambda: {'infer': [], 'train': []})
+    kernel_share: Dict[str, float] = field(default_factory=dict)
 
 
 def make_steps(contender: Contender, batch: torch.Tensor, amp_dtype: Optional[torch.dtype]) -> None:
@@ -138,23 +182,59 @@ def make_steps(contender: Contender, batch: torch.Tensor, amp_dtype: Optional[to
     contender.infer, contender.train = infer, train
 
 
-def time_interleaved(contenders: List[Contender], kind: str, repeats: int, device: torch.device) -> None:
-    """Runs each contender's ``kind`` step in turn, ``repeats`` rounds after two warm-up rounds."""
-    for round_index in range(repeats + 2):
+def time_interleaved(
+        contenders: List[Contender], kind: str, repeats: int, device: torch.device, probe: PeakProbe,
+        warmup: int = 2,
+) -> List[float]:
+    """Runs each contender's ``kind`` step in turn, ``repeats`` rounds after ``warmup`` rounds, and the
+    peak probe once per round. Returns the probe's GFLOP/s per timed round."""
+    peaks = []
+    for round_index in range(repeats + warmup):
         for c in contenders:
-            step = getattr(c, kind)
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            if round_index >= 2:
-                c.times[kind].append(time.perf_counter() - start)
+            elapsed = timed(getattr(c, kind), device)
+            if round_index >= warmup:
+                c.times[kind].append(elapsed)
+        elapsed = timed(probe, device)
+        if round_index >= warmup:
+            peaks.append(probe.flops / elapsed / 1e9)
+    probe.gflops += peaks
+    return peaks
 
 
-def speedup(ours: Contender, reference: Contender, kind: str) -> float:
-    """Median over rounds of reference time / our time: each ratio compares two runs made back to
-    back, so slow drifts of a shared machine cancel out."""
-    return statistics.median(r / o for o, r in zip(ours.times[kind], reference.times[kind]))
+def speedup(ours: Contender, reference: Contender, kind: str) -> Tuple[float, List[float]]:
+    """Median over rounds of reference time / our time, and its quartiles: each ratio compares two runs
+    made back to back, so slow drifts of a shared machine cancel; the spread shows what does not."""
+    ratios = [r / o for o, r in zip(ours.times[kind], reference.times[kind])]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return statistics.median(ratios), [quartiles[0], quartiles[-1]]
+
+
+# --- where the time goes ----------------------------------------------------------------------
+
+# The ops both implementations spend on arithmetic proper: matrix multiplies, convolutions (forward and
+# backward), fused attention. Everything else (norms, activations, copies, reshapes, adds) is overhead a
+# rewrite can remove; the kernels stay as long as the configuration does.
+KERNEL_OPS = (
+    'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::mkldnn_convolution',
+    'aten::convolution_backward', 'aten::_scaled_dot_product_flash_attention_for_cpu',
+    'aten::_scaled_dot_product_flash_attention_for_cpu_backward', 'aten::_scaled_dot_product_flash_attention',
+    'aten::_scaled_dot_product_flash_attention_backward', 'aten::_scaled_dot_product_efficient_attention',
+    'aten::_scaled_dot_product_efficient_attention_backward', 'aten::_scaled_dot_product_cudnn_attention',
+    'aten::_scaled_dot_product_cudnn_attention_backward', 'aten::cudnn_convolution', 'aten::_convolution',
+)
+
+
+def kernel_share(step: Callable[[], None], device: torch.device) -> float:
+    """The fraction of one step's op time (profiler self time, CPU or CUDA) spent in ``KERNEL_OPS``."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CUDA] if device.type == 'cuda' else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        step()
+        synchronize(device)
+    attr = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    totals = {e.key: getattr(e, attr, 0.) for e in prof.key_averages()}
+    total = sum(totals.values())
+    return sum(t for k, t in totals.items() if k in KERNEL_OPS) / total if total else float('nan')
 
 
 # --- memory (fresh process per measurement) ---------------------------------------------------
@@ -176,12 +256,15 @@ def memory_probe(name: str, batch_size: int, checkpointing: bool, img_size: int)
     return {'step_memory_mb': (peak - before) / 2 ** 20}
 
 
-def measure_memory(name: str, batch_size: int, checkpointing: bool, img_size: int) -> float:
+def measure_memory(name: str, batch_size: int, checkpointing: bool, img_size: int) -> Optional[float]:
+    """The probe's figure, or None (with a warning) when it could not finish, e.g. killed for memory."""
     cmd = [sys.executable, '-m', 'benchmarks.run', '--memory-probe', name, '--batch-size', str(batch_size),
            '--img-size', str(img_size)] + (['--grad-checkpointing'] if checkpointing else [])
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     if done.returncode:
-        raise RuntimeError(f'memory probe for {name} failed:\n{done.stderr[-2000:]}')
+        print(f'warning: memory probe for {name} (grad checkpointing {checkpointing}) failed with exit status '
+              f'{done.returncode}, recorded as missing: {done.stderr.strip()[-300:]}', file=sys.stderr)
+        return None
     return json.loads(done.stdout.strip().splitlines()[-1])['step_memory_mb']
 
 
@@ -199,10 +282,14 @@ class Row:
     train_img_s: float
     gflops: float
     peak_fraction: float
-    infer_speedup: Optional[float] = None  # ours / reference
+    infer_speedup: Optional[float] = None  # reference time / ours: the median over rounds
     train_speedup: Optional[float] = None
+    infer_speedup_iqr: Optional[List[float]] = None  # quartiles of the per-round ratios
+    train_speedup_iqr: Optional[List[float]] = None
     step_memory_mb: Optional[float] = None
     step_memory_ckpt_mb: Optional[float] = None
+    infer_kernel_share: Optional[float] = None  # fraction of op time in matmul/conv/attention kernels
+    train_kernel_share: Optional[float] = None
 
 
 def build(name_or_model, device: torch.device, channels_last: bool) -> nn.Module:
@@ -212,92 +299,123 @@ def build(name_or_model, device: torch.device, channels_last: bool) -> nn.Module
 
 
 def summarize(c: Contender, family: str, kind: str, compared_to: str, gmacs: float, batch_size: int,
-              peak: float) -> Row:
+              peaks: List[float]) -> Row:
     infer_s, train_s = statistics.median(c.times['infer']), statistics.median(c.times['train'])
-    gflops = 2 * gmacs * batch_size / infer_s
+    round_gflops = [2 * gmacs * batch_size / t for t in c.times['infer']]
     return Row(
         model=c.label, family=family, kind=kind, compared_to=compared_to,
         params_m=sum(p.numel() for p in c.model.parameters()) / 1e6, gmacs=gmacs,
         infer_img_s=batch_size / infer_s, train_img_s=batch_size / train_s,
-        gflops=gflops, peak_fraction=gflops / peak)
+        gflops=2 * gmacs * batch_size / infer_s,
+        # each round against the peak probe of the same round: slow drifts of the machine cancel
+        peak_fraction=statistics.median(g / p for g, p in zip(round_gflops, peaks)),
+        infer_kernel_share=c.kernel_share.get('infer'), train_kernel_share=c.kernel_share.get('train'))
 
 
-def benchmark_family_variant(name: str, args, device, amp_dtype, peak, memory: Dict[str, tuple]) -> List[Row]:
+def benchmark_family_variant(
+        name: str, args, device, amp_dtype, probe: PeakProbe, memory: Dict[str, tuple],
+) -> List[Row]:
     family = timm.models._registry._model_to_module[name]
     size = args.img_size
     batch = torch.randn(args.batch_size, 3, size, size, device=device)
     if args.channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    contenders, rows = [], []
 
-    ours = Contender(name, build(name, device, args.channels_last))
-    contenders.append(ours)
     ref_model = vit_pytorch_reference(name)
-    pair = None
+    mine = theirs = None
     if ref_model is not None:
         torch.manual_seed(0)
         converted = timm_vitvariants.from_vit_pytorch(ref_model)
-        pair = (Contender(f'{name} (ref config)', build(converted, device, args.channels_last)),
-                Contender(f'vit-pytorch {type(ref_model).__name__}', build(ref_model, device, args.channels_last)))
-        contenders += list(pair)
+        mine = Contender(f'{name} (ref config)', build(converted, device, args.channels_last))
+        theirs = Contender(f'vit-pytorch {type(ref_model).__name__}', build(ref_model, device, args.channels_last))
+    # where the reference is exactly the variant, the converted model is the variant: time it once
+    exact = mine is not None and is_exact_reference(name)
+    ours = Contender(name, mine.model) if exact else Contender(name, build(name, device, args.channels_last))
     counterpart = TIMM_COUNTERPARTS.get(name)
     timm_c = Contender(counterpart, build(counterpart, device, args.channels_last)) if counterpart else None
-    if timm_c:
-        contenders.append(timm_c)
+    contenders = [c for c in (ours, None if exact else mine, theirs, timm_c) if c is not None]
 
     for c in contenders:
         if args.compile:
             c.model = torch.compile(c.model)
         make_steps(c, batch, amp_dtype)
-    for kind in ('infer', 'train'):
-        time_interleaved(contenders, kind, args.repeats, device)
+    peaks = {kind: time_interleaved(contenders, kind, args.repeats, device, probe, args.warmup)
+             for kind in ('infer', 'train')}
+    if args.profile:
+        for c in contenders:
+            c.kernel_share = {kind: kernel_share(getattr(c, kind), device) for kind in ('infer', 'train')}
+    if exact:
+        mine.times, mine.kernel_share = ours.times, ours.kernel_share
 
-    gmacs = count_gmacs(timm.create_model(name, device='meta'), (3, size, size))
-    rows.append(summarize(ours, family, 'ours', '', gmacs, args.batch_size, peak))
-    if pair:
-        ref_gmacs = count_gmacs(pair[0].model, (3, size, size))
-        mine = summarize(pair[0], family, 'ours', pair[1].label, ref_gmacs, args.batch_size, peak)
-        theirs = summarize(pair[1], family, 'vit-pytorch', '', ref_gmacs, args.batch_size, peak)
-        mine.infer_speedup, mine.train_speedup = (speedup(pair[0], pair[1], k) for k in ('infer', 'train'))
-        rows += [mine, theirs]
+    def row(c: Contender, kind: str, model: nn.Module, against: Optional[Contender] = None) -> Row:
+        summary = summarize(c, family, kind, against.label if against else '', count_gmacs(model, (3, size, size)),
+                            args.batch_size, peaks['infer'])
+        if against is not None:
+            summary.infer_speedup, summary.infer_speedup_iqr = speedup(c, against, 'infer')
+            summary.train_speedup, summary.train_speedup_iqr = speedup(c, against, 'train')
+        return summary
+
+    rows = [row(ours, 'ours', timm.create_model(name, device='meta'), timm_c)]
+    if mine is not None:
+        rows += [row(mine, 'ours', converted, theirs), row(theirs, 'vit-pytorch', converted)]
     if timm_c:
-        timm_gmacs = count_gmacs(timm_c.model, (3, size, size))
-        theirs = summarize(timm_c, family, 'timm', '', timm_gmacs, args.batch_size, peak)
-        rows[0].compared_to = timm_c.label
-        rows[0].infer_speedup, rows[0].train_speedup = (speedup(ours, timm_c, k) for k in ('infer', 'train'))
-        rows.append(theirs)
+        rows.append(row(timm_c, 'timm', timm_c.model))
     if name in memory:
         rows[0].step_memory_mb, rows[0].step_memory_ckpt_mb = memory[name]
     return rows
 
 
 def print_table(rows: List[Row]) -> None:
-    def fmt(v, spec):
-        return '' if v is None else format(v, spec)
+    def fmt(v, spec, scale=1.):
+        return '' if v is None else format(scale * v, spec)
     header = ('model', 'params M', 'GMACs', 'infer img/s', 'train img/s', '% peak', 'vs', 'infer x', 'train x',
-              'mem MB', 'ckpt MB')
+              'kernels % infer', 'kernels % train', 'mem MB', 'ckpt MB')
     table = [header] + [(
         r.model, fmt(r.params_m, '.1f'), fmt(r.gmacs, '.2f'), fmt(r.infer_img_s, '.1f'), fmt(r.train_img_s, '.1f'),
-        fmt(100 * r.peak_fraction, '.0f'), r.compared_to, fmt(r.infer_speedup, '.2f'), fmt(r.train_speedup, '.2f'),
+        fmt(r.peak_fraction, '.0f', 100), r.compared_to, fmt(r.infer_speedup, '.2f'), fmt(r.train_speedup, '.2f'),
+        fmt(r.infer_kernel_share, '.0f', 100), fmt(r.train_kernel_share, '.0f', 100),
         fmt(r.step_memory_mb, '.0f'), fmt(r.step_memory_ckpt_mb, '.0f')) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print('  '.join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+def speedup_bound(kernel_share: Optional[float]) -> Optional[float]:
+    """The most a rewrite that keeps a model's matmul/conv/attention kernels can gain: everything else gone."""
+    return None if not kernel_share else 1 / kernel_share
+
+
+def time_budget_lines(rows: List[Row]) -> List[str]:
+    """Where the references' time goes, and what that leaves for a faster implementation."""
+    lines = []
+    for r in rows:
+        if r.kind == 'vit-pytorch' and r.infer_kernel_share is not None:
+            lines.append(
+                f'{r.model}: {100 * r.infer_kernel_share:.0f}% of inference and {100 * r.train_kernel_share:.0f}% of '
+                f'a train step in matmul/conv/attention kernels; with those kernels unchanged no implementation '
+                f'gets past {speedup_bound(r.infer_kernel_share):.2f}x / {speedup_bound(r.train_kernel_share):.2f}x')
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m benchmarks.run', description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='*', help='variants to run (default: all, or the small ones with --quick)')
-    parser.add_argument('--quick', action='store_true', help='small variants only, fewer repeats, no memory')
+    parser.add_argument('--quick', action='store_true',
+                        help=f'only {", ".join(QUICK)}; fewer rounds, no memory probes')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--repeats', type=int, default=None, help='timed rounds per contender (default 7, quick 3)')
+    parser.add_argument('--repeats', type=int, default=None, help='timed rounds per contender (default 9, quick 3)')
+    parser.add_argument('--warmup', type=int, default=None, help='untimed rounds first (default 2, quick 1)')
+    parser.add_argument('--profile', action=argparse.BooleanOptionalAction, default=True,
+                        help='one profiled step per contender and kind: the matmul/conv kernel share (default on)')
     parser.add_argument('--memory', action=argparse.BooleanOptionalAction, default=None,
                         help='measure training memory with/without grad checkpointing (CPU; default on unless quick)')
     parser.add_argument('--memory-batch-size', type=int, default=32)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile every contender')
-    parser.add_argument('--out', type=Path, default=None, help='results file stem (default: results/<device>)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='results file stem (default: results/<device>, results/<device>-quick with --quick)')
+    parser.add_argument('--overwrite', action='store_true', help='replace existing results files')
     parser.add_argument('--malloc-tuning', action=argparse.BooleanOptionalAction, default=True,
                         help="keep freed memory in glibc's heap (see tune_malloc); default on")
     # internal: one memory measurement in a fresh process
@@ -314,16 +432,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpu = device.type == 'cuda'
     amp_dtype = torch.bfloat16 if gpu else None
     args.channels_last = gpu
-    args.repeats = args.repeats or (3 if args.quick else 7)
+    args.repeats = args.repeats or (3 if args.quick else 9)
+    args.warmup = (1 if args.quick else 2) if args.warmup is None else args.warmup
     args.memory = (not args.quick) if args.memory is None else args.memory
-    names = args.models or [n for n in list_variants() if not args.quick or n.endswith('_small')]
+    names = args.models or (list(QUICK) if args.quick else list_variants())
     unknown = [n for n in names if n not in list_variants()]
     if unknown:
         parser.error(f'unknown variants {unknown}; choose from {list_variants()}')
 
+    stem = args.out or RESULTS_DIR / (device_name(device) + ('-quick' if args.quick else ''))
+    existing = [str(p) for p in (stem.with_suffix('.json'), stem.with_suffix('.csv')) if p.exists()]
+    if existing and not args.overwrite:  # checked before minutes of measuring, not after
+        parser.error(f'{" and ".join(existing)} already exist: pass --overwrite to replace them, '
+                     f'or --out to write elsewhere')
+
     torch.manual_seed(0)
     peak_dtype = amp_dtype or torch.float32
-    peaks = [matmul_peak(device, peak_dtype)]
+    sweep_peak, peak_size = matmul_peak(device, peak_dtype)
+    probe = PeakProbe.lasting(0.2, peak_size, sweep_peak, device, peak_dtype)
     # Memory first, while this process is still small: the probes' peak RSS is only trustworthy while the
     # machine has memory to spare (with this process grown by the timed models, a fresh probe of a
     # checkpointed step measured the un-checkpointed figure: pages reclaimed between 'before' and the peak).
@@ -336,19 +462,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Row] = []
     for name in names:
         print(f'benchmarking {name} ...', file=sys.stderr, flush=True)
-        rows += benchmark_family_variant(name, args, device, amp_dtype, peaks[0], memory)
-    peaks.append(matmul_peak(device, peak_dtype))
-    peak = max(peaks)
-    for r in rows:  # report against the best peak seen in the run
-        r.peak_fraction = r.gflops / peak
+        rows += benchmark_family_variant(name, args, device, amp_dtype, probe, memory)
+    peak = statistics.median(probe.gflops)
 
     meta = dict(
         device=device_name(device), torch=torch.__version__, timm=timm.__version__,
-        timm_vitvariants=timm_vitvariants.__version__, threads=torch.get_num_threads(),
+        timm_vitvariants=timm_vitvariants.__version__, commit=source_commit(), threads=torch.get_num_threads(),
         dtype='bf16-autocast' if amp_dtype else 'fp32', channels_last=args.channels_last, compile=args.compile,
         batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats, malloc_tuned=malloc_tuned,
-        memory_batch_size=args.memory_batch_size, matmul_peak_gflops=peak, date=time.strftime('%Y-%m-%d'))
-    stem = args.out or RESULTS_DIR / meta['device']
+        memory_batch_size=args.memory_batch_size, matmul_peak_gflops=peak, matmul_peak_size=peak_size,
+        matmul_peak_sweep_gflops=sweep_peak, warmup=args.warmup, quick=args.quick, date=time.strftime('%Y-%m-%d'))
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix('.json'), 'w') as f:
         json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
@@ -357,10 +480,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
 
-    print(f'{meta["device"]}: {peak_dtype} matmul peak {peak:.0f} GFLOP/s, batch {args.batch_size}, '
-          f'{args.img_size}px, '
-          f'median of {args.repeats} interleaved rounds')
+    print(f'{meta["device"]}: {peak_dtype} matmul peak {peak:.0f} GFLOP/s ({peak_size}^3, median of its rounds), '
+          f'batch {args.batch_size}, {args.img_size}px, median of {args.repeats} interleaved rounds')
     print_table(rows)
+    for line in time_budget_lines(rows):
+        print(line)
     print(f'wrote {stem.with_suffix(".json")} and .csv')
     return 0
 

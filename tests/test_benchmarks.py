@@ -1,0 +1,70 @@
+"""The benchmark's own logic: references, ratios, the peak probe, kernel shares, refusing to overwrite."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import timm
+import timm_vitvariants
+from benchmarks import run
+from benchmarks.references import EXACT_FAMILIES, is_exact_reference, vit_pytorch_reference
+
+
+@pytest.mark.parametrize('name', ['maxvit_reg_tiny', 'rvt_small'])
+def test_exact_references_are_the_variant(name):
+    """Where the benchmark times one model for both rows, the converted reference must be the variant:
+    its state dict loads strictly into the named variant, which then computes the same outputs."""
+    assert is_exact_reference(name) and name.rsplit('_', 1)[0] in EXACT_FAMILIES
+    torch.manual_seed(0)
+    converted = timm_vitvariants.from_vit_pytorch(vit_pytorch_reference(name)).eval()
+    named = timm.create_model(name).eval()
+    named.load_state_dict(converted.state_dict(), strict=True)
+    assert repr(named) == repr(converted)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(named(x), converted(x))
+
+
+def test_other_families_are_not_claimed_exact():
+    for name in ('regionvit_small', 'scalablevit_small', 'twinssvt_small'):
+        assert not is_exact_reference(name)
+
+
+def test_speedup_is_the_median_of_per_round_ratios():
+    ours, ref = run.Contender('a', nn.Identity()), run.Contender('b', nn.Identity())
+    ours.times['infer'] = [1., 2., 1., 1., 4.]
+    ref.times['infer'] = [2., 2., 1.5, 3., 4.]  # ratios 2, 1, 1.5, 3, 1
+    median, (low, high) = run.speedup(ours, ref, 'infer')
+    assert median == 1.5 and low <= median <= high and low >= 1. and high <= 3.
+
+
+def test_peak_probe_lasts_about_as_asked():
+    probe = run.PeakProbe.lasting(0.2, 64, gflops=1., device=torch.device('cpu'), dtype=torch.float32)
+    assert probe.multiplies == round(0.2e9 / (2 * 64 ** 3)) and probe.flops == 2 * 64 ** 3 * probe.multiplies
+    peaks = run.time_interleaved([], 'infer', 3, torch.device('cpu'), run.PeakProbe(32, 'cpu', torch.float32), 1)
+    assert len(peaks) == 3 and all(p > 0 for p in peaks)
+
+
+def test_kernel_share_separates_matmuls_from_the_rest():
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    matmul_only = run.kernel_share(lambda: a @ b, torch.device('cpu'))
+    elementwise_only = run.kernel_share(lambda: [torch.exp(a) for _ in range(3)], torch.device('cpu'))
+    assert matmul_only > 0.9 and elementwise_only == 0.
+    assert run.speedup_bound(0.8) == pytest.approx(1.25) and run.speedup_bound(None) is None
+
+
+def test_results_are_not_overwritten_without_asking(tmp_path, capsys):
+    stem = tmp_path / 'mine'
+    stem.with_suffix('.json').write_text(json.dumps({'keep': 1}))
+    with pytest.raises(SystemExit):
+        run.main(['rvt_tiny', '--out', str(stem), '--no-memory'])
+    assert '--overwrite' in capsys.readouterr().err
+    assert json.loads(stem.with_suffix('.json').read_text()) == {'keep': 1}
+
+
+def test_quick_runs_one_variant_per_family_with_the_targets():
+    families = {name.rsplit('_', 1)[0] for name in run.QUICK}
+    assert families == set(timm_vitvariants.MODEL_MODULES)
+    assert 'maxvit_reg_tiny' in run.QUICK and 'twinssvt_small' in run.QUICK  # the timm comparisons
+    assert set(run.TIMM_COUNTERPARTS) <= set(run.QUICK)
