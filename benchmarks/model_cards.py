@@ -159,8 +159,8 @@ def _vs_paper(ours: float, paper: Optional[float]) -> str:
 
 def _ratio(row: dict, kind: str) -> str:
     """'1.12x', with the quartiles of the per-round ratios where the results have them: '1.12x (1.03-1.20)'."""
-    iqr = row.get(f'{kind}_speedup_iqr')
-    spread = f' ({iqr[0]:.2f}-{iqr[1]:.2f})' if iqr else ''
+    low, high = row.get(f'{kind}_speedup_q1'), row.get(f'{kind}_speedup_q3')
+    spread = f' ({low:.2f}-{high:.2f})' if low is not None and high is not None else ''
     return f'{row[f"{kind}_speedup"]:.2f}x{spread}'
 
 
@@ -170,8 +170,8 @@ def _ratios(row: dict) -> str:
 
 def speed_table(names: List[str], results: List[dict]) -> List[str]:
     lines = [
-        '| variant | device | setting | infer img/s | train img/s | % of matmul peak | vs vit-pytorch (infer / train; '
-        'quartiles of the rounds) | vs timm (infer / train) | train memory MB, batch 32 (checkpointed) |',
+        '| variant | device | setting | infer img/s | train img/s | % of matmul peak | vs vit-pytorch (infer / train) '
+        '| vs timm (infer / train) | train memory MB, batch 32 (checkpointed) |',
         '|---|---|---|---|---|---|---|---|---|',
     ]
     for result in results:
@@ -182,8 +182,9 @@ def speed_table(names: List[str], results: List[dict]) -> List[str]:
                 continue
             vs_ref = '' if ref is None or ref['infer_speedup'] is None else _ratios(ref)
             vs_timm = '' if ours['infer_speedup'] is None else f'{_ratios(ours)} vs `{ours["compared_to"]}`'
-            memory = '' if ours['step_memory_mb'] is None else (
-                f'{ours["step_memory_mb"]:.0f} ({ours["step_memory_ckpt_mb"]:.0f})')
+            plain, checkpointed = ours['step_memory_mb'], ours['step_memory_ckpt_mb']
+            memory = '' if plain is None and checkpointed is None else (
+                f'{_fmt(plain, ".0f") or "not measured"} ({_fmt(checkpointed, ".0f") or "not measured"})')
             lines.append(
                 f'| `{name}` | {meta["device"]} | {_setting(meta)} | {_fmt(ours["infer_img_s"], ".1f")} '
                 f'| {_fmt(ours["train_img_s"], ".1f")} | {_fmt(100 * ours["peak_fraction"], ".0f", "%")} '
@@ -193,6 +194,9 @@ def speed_table(names: List[str], results: List[dict]) -> List[str]:
     return lines
 
 
+KINDS = ('infer', 'train')
+
+
 def time_budget(names: List[str], results: List[dict]) -> List[str]:
     """Per results file with profiles: how much of the vit-pytorch model's time is kernels both sides run."""
     lines = []
@@ -200,12 +204,12 @@ def time_budget(names: List[str], results: List[dict]) -> List[str]:
         for name in names:
             ours, mine = _rows_for(result, name)
             theirs = next((r for r in result['rows'] if mine and r['model'] == mine['compared_to']), None)
-            if not theirs or theirs.get('infer_kernel_share') is None:
+            shares = [row.get(f'{kind}_kernel_share') for row in (theirs or {}, mine or {}) for kind in KINDS]
+            if not all(shares):  # older results (no profiles), or a profile that recorded nothing
                 continue
             share = (theirs['infer_kernel_share'], theirs['train_kernel_share'])
             lines.append(
-                f'- {result["meta"]["device"]}: {theirs["model"]} at `{name}`\'s vit-pytorch configuration spends '
-                f'{100 * share[0]:.0f}% of inference and {100 * share[1]:.0f}% of a train step in matrix-multiply, '
+                f'- {result["meta"]["device"]}: {theirs["model"]} spends {100 * share[0]:.0f}% of inference and {100 * share[1]:.0f}% of a train step in matrix-multiply, '
                 f'convolution and attention kernels, which any implementation of that configuration runs as well; '
                 f'removing everything else would give at most {1 / share[0]:.2f}x / {1 / share[1]:.2f}x. Ours spends '
                 f'{100 * mine["infer_kernel_share"]:.0f}% / {100 * mine["train_kernel_share"]:.0f}% there and runs '
@@ -237,7 +241,8 @@ def family_section(family: str, infos: List[VariantInfo], results: List[dict], r
             f'| {", ".join(map(str, info.feature_strides))} | {", ".join(map(str, info.feature_channels))} '
             f'| {", ".join(info.weights) or "none published"} |')
     out += ['', '**Speed** (medians of interleaved rounds; ratios against the vit-pytorch model at the same '
-            'configuration and weights, and against timm\'s own model of the family where it has one):', '']
+            'configuration and weights, and against timm\'s own model of the family where it has one, with the '
+            'quartiles of the per-round ratios in brackets where the results have them):', '']
     out += speed_table(names, results)
     out += [''] + time_budget(names, results)
     out += ['**Usage**:', '', '```python', 'import timm, timm_vitvariants', '',

@@ -17,9 +17,11 @@ and compares, at identical configuration and weights (``from_vit_pytorch``), wit
 model of the family, and with timm's own ``maxvit_tiny_tf_224`` and ``twins_svt_small``.
 On a GPU it uses bf16 autocast and channels-last, and ``--compile`` adds torch.compile.
 
-Results go to ``benchmarks/results/<device>.json`` and ``.csv``; a table with the ratios is printed.
+Results go to ``benchmarks/results/<device>.json`` and ``.csv`` (an existing file is replaced only with
+``--overwrite``); a table with the ratios is printed.
 ``--quick`` runs one variant per family, the ones the targets name (``maxvit_reg_tiny`` and the
-other families' small variants), with fewer rounds and no memory probes: a few minutes on 2 cores.
+other families' small variants), with fewer rounds and no memory probes, and writes to
+``results/quick/`` (ignored by git and by the model cards).
 """
 import argparse
 import csv
@@ -46,7 +48,8 @@ from timm_vitvariants.info import count_gmacs, list_variants
 
 from .references import TIMM_COUNTERPARTS, is_exact_reference, vit_pytorch_reference
 
-RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'  # what the model cards are made from
+QUICK_DIR = RESULTS_DIR / 'quick'  # --quick results: a look, not for the cards (git ignores the folder)
 # --quick: one variant per family, the ones the speed targets name
 QUICK = ('maxvit_reg_tiny', 'regionvit_small', 'rvt_small', 'scalablevit_small', 'twinssvt_small')
 
@@ -134,7 +137,8 @@ class PeakProbe:
 
     @classmethod
     def lasting(cls, seconds: float, n: int, gflops: float, device: torch.device, dtype: torch.dtype) -> 'PeakProbe':
-        """A probe of about ``seconds`` at ``gflops``: long enough that one hiccup does not decide a round."""
+        """A probe of at least one multiply and about ``seconds`` at ``gflops``: long enough that one
+        hiccup does not decide a round (the peak size itself may take longer)."""
         return cls(n, device, dtype, multiplies=max(1, round(seconds * gflops * 1e9 / (2 * n ** 3))))
 
 
@@ -201,12 +205,15 @@ def time_interleaved(
     return peaks
 
 
-def speedup(ours: Contender, reference: Contender, kind: str) -> Tuple[float, List[float]]:
-    """Median over rounds of reference time / our time, and its quartiles: each ratio compares two runs
-    made back to back, so slow drifts of a shared machine cancel; the spread shows what does not."""
+def speedup(ours: Contender, reference: Contender, kind: str) -> Tuple[float, float, float]:
+    """(first quartile, median, third quartile) over rounds of reference time / our time: each ratio
+    compares two runs made back to back, so slow drifts of a shared machine cancel; the spread shows
+    what does not."""
     ratios = [r / o for o, r in zip(ours.times[kind], reference.times[kind])]
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-    return statistics.median(ratios), [quartiles[0], quartiles[-1]]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    low, median, high = statistics.quantiles(ratios, n=4, method='inclusive')
+    return low, statistics.median(ratios), high
 
 
 # --- where the time goes ----------------------------------------------------------------------
@@ -220,21 +227,27 @@ KERNEL_OPS = (
     'aten::_scaled_dot_product_flash_attention_for_cpu_backward', 'aten::_scaled_dot_product_flash_attention',
     'aten::_scaled_dot_product_flash_attention_backward', 'aten::_scaled_dot_product_efficient_attention',
     'aten::_scaled_dot_product_efficient_attention_backward', 'aten::_scaled_dot_product_cudnn_attention',
-    'aten::_scaled_dot_product_cudnn_attention_backward', 'aten::cudnn_convolution', 'aten::_convolution',
+    'aten::_scaled_dot_product_cudnn_attention_backward', 'aten::_flash_attention_forward',
+    'aten::_flash_attention_backward', 'aten::_efficient_attention_forward', 'aten::_efficient_attention_backward',
+    'aten::cudnn_convolution', 'aten::cudnn_convolution_transpose', 'aten::_convolution',
 )
 
 
-def kernel_share(step: Callable[[], None], device: torch.device) -> float:
-    """The fraction of one step's op time (profiler self time, CPU or CUDA) spent in ``KERNEL_OPS``."""
+def kernel_share(step: Callable[[], None], device: torch.device) -> Optional[float]:
+    """The fraction of one step's op time spent in ``KERNEL_OPS``: CPU self time on the CPU; on a GPU the
+    device time of the kernels each op launched (op events only: the kernels' own events would count
+    twice). None when nothing was recorded."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CUDA] if device.type == 'cuda' else [ProfilerActivity.CPU]
+    cuda = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         step()
         synchronize(device)
-    attr = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
-    totals = {e.key: getattr(e, attr, 0.) for e in prof.key_averages()}
+    attr = 'self_device_time_total' if cuda else 'self_cpu_time_total'
+    totals = {e.key: getattr(e, attr, 0.) for e in prof.key_averages() if e.device_type == DeviceType.CPU}
     total = sum(totals.values())
-    return sum(t for k, t in totals.items() if k in KERNEL_OPS) / total if total else float('nan')
+    return sum(t for k, t in totals.items() if k in KERNEL_OPS) / total if total > 0 else None
 
 
 # --- memory (fresh process per measurement) ---------------------------------------------------
@@ -284,8 +297,10 @@ class Row:
     peak_fraction: float
     infer_speedup: Optional[float] = None  # reference time / ours: the median over rounds
     train_speedup: Optional[float] = None
-    infer_speedup_iqr: Optional[List[float]] = None  # quartiles of the per-round ratios
-    train_speedup_iqr: Optional[List[float]] = None
+    infer_speedup_q1: Optional[float] = None  # quartiles of the per-round ratios
+    infer_speedup_q3: Optional[float] = None
+    train_speedup_q1: Optional[float] = None
+    train_speedup_q3: Optional[float] = None
     step_memory_mb: Optional[float] = None
     step_memory_ckpt_mb: Optional[float] = None
     infer_kernel_share: Optional[float] = None  # fraction of op time in matmul/conv/attention kernels
@@ -327,7 +342,8 @@ def benchmark_family_variant(
         torch.manual_seed(0)
         converted = timm_vitvariants.from_vit_pytorch(ref_model)
         mine = Contender(f'{name} (ref config)', build(converted, device, args.channels_last))
-        theirs = Contender(f'vit-pytorch {type(ref_model).__name__}', build(ref_model, device, args.channels_last))
+        theirs = Contender(f'vit-pytorch {type(ref_model).__name__} ({name} config)',
+                           build(ref_model, device, args.channels_last))
     # where the reference is exactly the variant, the converted model is the variant: time it once
     exact = mine is not None and is_exact_reference(name)
     ours = Contender(name, mine.model) if exact else Contender(name, build(name, device, args.channels_last))
@@ -351,8 +367,8 @@ def benchmark_family_variant(
         summary = summarize(c, family, kind, against.label if against else '', count_gmacs(model, (3, size, size)),
                             args.batch_size, peaks['infer'])
         if against is not None:
-            summary.infer_speedup, summary.infer_speedup_iqr = speedup(c, against, 'infer')
-            summary.train_speedup, summary.train_speedup_iqr = speedup(c, against, 'train')
+            summary.infer_speedup_q1, summary.infer_speedup, summary.infer_speedup_q3 = speedup(c, against, 'infer')
+            summary.train_speedup_q1, summary.train_speedup, summary.train_speedup_q3 = speedup(c, against, 'train')
         return summary
 
     rows = [row(ours, 'ours', timm.create_model(name, device='meta'), timm_c)]
@@ -382,18 +398,19 @@ def print_table(rows: List[Row]) -> None:
 
 def speedup_bound(kernel_share: Optional[float]) -> Optional[float]:
     """The most a rewrite that keeps a model's matmul/conv/attention kernels can gain: everything else gone."""
-    return None if not kernel_share else 1 / kernel_share
+    return 1 / kernel_share if kernel_share else None
 
 
 def time_budget_lines(rows: List[Row]) -> List[str]:
     """Where the references' time goes, and what that leaves for a faster implementation."""
     lines = []
     for r in rows:
-        if r.kind == 'vit-pytorch' and r.infer_kernel_share is not None:
+        bounds = (speedup_bound(r.infer_kernel_share), speedup_bound(r.train_kernel_share))
+        if r.kind == 'vit-pytorch' and None not in bounds:
             lines.append(
                 f'{r.model}: {100 * r.infer_kernel_share:.0f}% of inference and {100 * r.train_kernel_share:.0f}% of '
                 f'a train step in matmul/conv/attention kernels; with those kernels unchanged no implementation '
-                f'gets past {speedup_bound(r.infer_kernel_share):.2f}x / {speedup_bound(r.train_kernel_share):.2f}x')
+                f'gets past {bounds[0]:.2f}x / {bounds[1]:.2f}x')
     return lines
 
 
@@ -414,7 +431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile every contender')
     parser.add_argument('--out', type=Path, default=None,
-                        help='results file stem (default: results/<device>, results/<device>-quick with --quick)')
+                        help='results file stem (default: results/<device>, results/quick/<device> with --quick)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing results files')
     parser.add_argument('--malloc-tuning', action=argparse.BooleanOptionalAction, default=True,
                         help="keep freed memory in glibc's heap (see tune_malloc); default on")
@@ -427,7 +444,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(memory_probe(args.memory_probe, args.batch_size, args.grad_checkpointing, args.img_size)))
         return 0
 
-    malloc_tuned = args.malloc_tuning and tune_malloc()
     device = torch.device(args.device)
     gpu = device.type == 'cuda'
     amp_dtype = torch.bfloat16 if gpu else None
@@ -440,12 +456,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         parser.error(f'unknown variants {unknown}; choose from {list_variants()}')
 
-    stem = args.out or RESULTS_DIR / (device_name(device) + ('-quick' if args.quick else ''))
+    stem = args.out or (QUICK_DIR if args.quick else RESULTS_DIR) / device_name(device)
     existing = [str(p) for p in (stem.with_suffix('.json'), stem.with_suffix('.csv')) if p.exists()]
     if existing and not args.overwrite:  # checked before minutes of measuring, not after
         parser.error(f'{" and ".join(existing)} already exist: pass --overwrite to replace them, '
                      f'or --out to write elsewhere')
+    malloc_tuned = args.malloc_tuning and tune_malloc()
 
+    commit = source_commit()  # now: the code measured, whatever is committed during the run
     torch.manual_seed(0)
     peak_dtype = amp_dtype or torch.float32
     sweep_peak, peak_size = matmul_peak(device, peak_dtype)
@@ -467,7 +485,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     meta = dict(
         device=device_name(device), torch=torch.__version__, timm=timm.__version__,
-        timm_vitvariants=timm_vitvariants.__version__, commit=source_commit(), threads=torch.get_num_threads(),
+        timm_vitvariants=timm_vitvariants.__version__, commit=commit, threads=torch.get_num_threads(),
         dtype='bf16-autocast' if amp_dtype else 'fp32', channels_last=args.channels_last, compile=args.compile,
         batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats, malloc_tuned=malloc_tuned,
         memory_batch_size=args.memory_batch_size, matmul_peak_gflops=peak, matmul_peak_size=peak_size,

@@ -40,3 +40,24 @@ def test_speed_figures_come_from_the_results(tmp_path):
     text = model_cards.render(model_cards.load_results(tmp_path))
     line = next(ln for ln in text.splitlines() if ln.startswith(f'| `{name}` | test-device'))
     assert '| 123.4 | 45.6 | 50% | 1.31x / 1.22x |' in line and '1000 (400)' in line
+
+
+def test_spread_missing_memory_and_time_budget_render(tmp_path):
+    """New-style results: quartiles beside the ratios, a memory probe that failed, the kernel shares."""
+    name = list_variants()[0]
+    base = dict(family='x', kind='ours', compared_to='', params_m=1., gmacs=1., infer_img_s=10., train_img_s=5.,
+                gflops=1., peak_fraction=0.5, infer_speedup=None, train_speedup=None, step_memory_mb=None,
+                step_memory_ckpt_mb=400., infer_kernel_share=0.9, train_kernel_share=0.85)
+    ours = dict(base, model=name)
+    ref_label = f'vit-pytorch X ({name} config)'
+    mine = dict(base, model=f'{name} (ref config)', compared_to=ref_label, infer_speedup=1.2, infer_speedup_q1=1.1,
+                infer_speedup_q3=1.3, train_speedup=1.05, train_speedup_q1=1.0, train_speedup_q3=1.1)
+    theirs = dict(base, model=ref_label, kind='vit-pytorch', infer_kernel_share=0.8, train_kernel_share=0.75)
+    meta = dict(device='dev', dtype='fp32', batch_size=8, img_size=224, threads=2, channels_last=False, compile=False,
+                matmul_peak_gflops=100., matmul_peak_size=2048, torch='t', timm='t', date='d', commit='abc')
+    (tmp_path / 'dev.json').write_text(json.dumps(dict(meta=meta, rows=[ours, mine, theirs])))
+    text = model_cards.render(model_cards.load_results(tmp_path))
+    line = next(ln for ln in text.splitlines() if ln.startswith(f'| `{name}` | dev'))
+    assert '1.20x (1.10-1.30) / 1.05x (1.00-1.10)' in line and 'not measured (400)' in line
+    assert f'{ref_label} spends 80% of inference and 75% of a train step' in text
+    assert 'at most 1.25x / 1.33x' in text and 'commit abc' in text
