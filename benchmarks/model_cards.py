@@ -90,6 +90,10 @@ PAPER: Dict[str, PaperFigure] = {
     'regionvit_tiny': PaperFigure('RegionViT-Ti', 13.8, 2.4, 80.4),
     'regionvit_small': PaperFigure('RegionViT-S', 30.6, 5.3, 82.6),
     'regionvit_base': PaperFigure('RegionViT-B', 72.7, 13.0, 83.2),
+    'regionvit_ibm_tiny': PaperFigure('RegionViT-Ti', 13.8, 2.4, 80.4),
+    'regionvit_ibm_small': PaperFigure('RegionViT-S', 30.6, 5.3, 82.6),
+    'regionvit_ibm_medium': PaperFigure('RegionViT-M', 41.2, 7.4, 83.1),
+    'regionvit_ibm_base': PaperFigure('RegionViT-B', 72.7, 13.0, 83.2),
     'scalablevit_small': PaperFigure('ScalableViT-S', 32.4, 4.2, 83.1),
     'scalablevit_base': PaperFigure('ScalableViT-B', 81.9, 8.6, 84.1),
     'maxvit_reg_tiny': PaperFigure('MaxViT-T (no registers)', 31.0, 5.6, 83.6),
@@ -271,7 +275,10 @@ def render(results: Optional[List[dict]] = None) -> str:
         'forward, `torch.utils.flop_counter`) are measured from the registered variants; the papers\' figures are '
         'given beside them with the relative difference.',
         '',
-        '**Weights**: none are published yet; `pretrained=True` raises an error that says so. To publish: train '
+        '**Weights**: the `regionvit_ibm_*.in1k` tags load IBM\'s official ImageNet-1k release files '
+        '(Apache-2.0, https://github.com/IBM/RegionViT, release weights-v0.1; their top-1 is IBM\'s figure, not '
+        'measured here, and the download could not be exercised on the build machines). No other weights are published: '
+        '`pretrained=True` raises an error that says so. To publish: train '
         '(see the recipes), `python -m timm_vitvariants export` the checkpoint into a Hub folder, '
         '`python -m timm_vitvariants push FOLDER --repo org/name`, then add the tag to the family\'s '
         '`default_cfgs` (one line) or load it directly with `timm.create_model(\'hf-hub:org/name\', '

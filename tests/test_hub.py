@@ -71,7 +71,9 @@ def test_pretrained_cfg_carries_full_metadata(name):
         for conv in first_convs:  # a conv, or a linear over unshuffled pixels (twinssvt): takes the 3 channels
             weight = model.get_submodule(conv).weight
             assert weight.shape[1] % 3 == 0 and weight.shape[1] < 3 * 17 * 17
-        if cfg.has_weights:  # published weights: a full org/name.tag Hub id
+        if cfg.has_weights and cfg.custom_load:  # the authors' release file, read by the family's weights_only loader
+            assert cfg.url.startswith('https://') and cfg.origin_url and cfg.notes
+        elif cfg.has_weights:  # published weights: a full org/name.tag Hub id
             assert cfg.hf_hub_id and cfg.hf_hub_id.count('/') == 1 and cfg.hf_hub_id.endswith(f'.{tag}')
 
 

@@ -84,7 +84,9 @@ def build_variant(
         # From the Hub only safetensors: timm would otherwise fall back to unpickling pytorch_model.bin.
         if not (cfg.hf_hub_filename or '').endswith('.safetensors'):
             overlay = kwargs.get('pretrained_cfg_overlay') or {}
-            kwargs['pretrained_cfg_overlay'] = {**overlay, 'hf_hub_filename': HUB_WEIGHTS_FILE}
+            # timm resets custom_load when an overlay names a source: keep what the resolved cfg says
+            kwargs['pretrained_cfg_overlay'] = {
+                'custom_load': cfg.custom_load, **overlay, 'hf_hub_filename': HUB_WEIGHTS_FILE}
     try:
         model = build_model_with_cfg(
             model_cls,

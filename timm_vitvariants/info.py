@@ -24,17 +24,18 @@ class VariantInfo:
     weights: Tuple[str, ...]  # published 'name.tag' entries with weights
 
 
-SIZES = ('tiny', 'small', 'base')
+SIZES = ('tiny', 'small', 'medium', 'base')
 
 
 def list_variants() -> List[str]:
-    """Every registered variant, family by family, smallest first."""
+    """Every registered variant, family by family, smallest first; a family's further designs
+    (``regionvit_ibm_*``, then ``regionvit_ibm_*_w14``: one more name part each) after its own."""
     def size_rank(name: str) -> int:
-        size = name.rsplit('_', 1)[-1]
-        return SIZES.index(size) if size in SIZES else len(SIZES)
+        size = next((part for part in reversed(name.split('_')) if part in SIZES), None)
+        return SIZES.index(size) if size else len(SIZES)
     names: List[str] = []
     for module in MODEL_MODULES:
-        names += sorted(timm.list_models(module=module), key=lambda n: (size_rank(n), n))
+        names += sorted(timm.list_models(module=module), key=lambda n: (n.count('_'), size_rank(n), n))
     return names
 
 

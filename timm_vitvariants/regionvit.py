@@ -1,8 +1,9 @@
-"""RegionViT: ``regionvit_{tiny,small,base}``
+"""RegionViT: ``regionvit_{tiny,small,base}`` (vit-pytorch's design), ``regionvit_ibm_*`` (IBM's official one)
 
 RegionViT: Regional-to-Local Attention for Vision Transformers -- Chen et al., https://arxiv.org/abs/2106.02689
-Behaviour reference: vit-pytorch's ``regionvit.RegionViT`` (``from_vit_pytorch`` converts any of its
-instances to this model with the same outputs).
+Behaviour references: vit-pytorch's ``regionvit.RegionViT`` (``from_vit_pytorch`` converts any of its
+instances to this model with the same outputs) and IBM's official code, https://github.com/IBM/RegionViT
+(``regionvit_ibm_*``; its checkpoints load through ``checkpoint_filter_fn``).
 
 Two token streams: local tokens (stride 4) and regional tokens (one per ``window_size`` x
 ``window_size`` window of local tokens). Each R2L block runs attention over the regional tokens,
@@ -27,12 +28,26 @@ Differences from vit-pytorch:
   * the named 3-conv variants narrow the tokenizer's first two convs to dim / 4 and dim / 2 as IBM's
     official code (``stem_chs``; vit-pytorch's full width is the default).
   * the regional tokenizer (rearrange + 1x1 conv) is one kernel = stride conv, the same map.
-Differences from the paper: the downsampling and tokenizer convs are full width (no depthwise)
-and the same downsampling conv is shared by the local and regional streams, as vit-pytorch.
+Differences from the paper: in vit-pytorch's design the downsampling conv is full width (no depthwise).
+IBM's official design (``regionvit_ibm_{tiny,small,medium,base}``, window 14: ``_small_w14``, ``_base_w14``)
+is vit-pytorch's with these constructor options: ``downsample='norm_act_dwconv'`` (LayerNorm, GELU,
+depthwise 3x3 stride-2 conv, still shared by both streams), ``separate_local_norm`` (the local pass has
+its own pre-norm), ``rel_pos_per_block``, ``qkv_bias``, ``norm_eps=1e-6``, ``norm_before_pool`` (each
+regional token normalized, then pooled) and ``shrink_windows=False`` (a region always gets a full
+window); Ti and S take the narrow 3-conv tokenizer, M and B the 8x8 stride-4 conv. IBM's relative-position
+table is indexed differently (the remapping permutes it). Outputs equal IBM's code (random weights;
+Ti/S/M/B at 224, 224x448 and 448x224 within 5e-7 relative) at every multiple of the region patch, except:
+where a stage pads its windows, IBM's code builds the bottom-right window's key mask wrongly and most of
+its padded keys stay visible; here they are masked (IBM's code with that mask corrected gives our outputs).
+No stage pads at multiples of 32 x window (224, 448, 224x448 at window 7), but the window-14 variants'
+last stage does at 224 (7x7 local tokens in a 14x14 window), so there they differ from IBM's code.
 Differences from IBM's padding: both tokenizers see the same bottom/right padding (IBM pads the
 regional tokenizer's input on all sides and its local tokenizer sees the raw image), so region i and
-window i cover the same pixels.
+window i cover the same pixels. IBM's ``drop_rate`` drops after the tokenizer and in the blocks; ours
+before the classifier (``proj_drop_rate`` is the blocks'): the same eval outputs.
 """
+import argparse
+import re
 from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -41,9 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
 from timm.layers import calculate_drop_path_rates
-from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
+from timm.models import checkpoint, generate_default_cfgs, load_state_dict, register_notrace_function
+from timm.models import register_notrace_module
+from timm.models._manipulate import adapt_input_conv
 from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
@@ -76,6 +93,8 @@ class R2LAttention(nn.Module):
             qkv_bias: bool = False,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
+            norm_eps: float = 1e-5,
+            separate_local_norm: bool = False,
             device=None,
             dtype=None,
     ):
@@ -83,14 +102,20 @@ class R2LAttention(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.num_heads = num_heads
         self.fused_attn = use_fused_attn()
-        self.norm = nn.LayerNorm(dim, **dd)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        # IBM's official model normalizes the local pass with its own weights (the attention stays shared)
+        self.local_norm = nn.LayerNorm(dim, eps=norm_eps, **dd) if separate_local_norm else None
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **dd)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(num_heads * head_dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)  # each (B, N, heads * head_dim)
+    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None, local: bool = False) -> torch.Tensor:
+        if local and self.local_norm is not None:
+            x = self.local_norm(x)
+        else:
+            x = self.norm(x)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (B, N, heads * head_dim)
         out = scaled_dot_attention(
             split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
             attn_bias, dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
@@ -111,14 +136,21 @@ class R2LBlock(nn.Module):
             proj_drop: float = 0.,
             attn_drop: float = 0.,
             drop_path: float = 0.,
+            norm_eps: float = 1e-5,
+            separate_local_norm: bool = False,
+            rel_pos_per_block: bool = False,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.window_size = window_size
-        self.attn = R2LAttention(dim, num_heads, head_dim, qkv_bias, attn_drop, proj_drop, **dd)
-        self.norm = nn.LayerNorm(dim, **dd)
+        self.attn = R2LAttention(
+            dim, num_heads, head_dim, qkv_bias, attn_drop, proj_drop, norm_eps, separate_local_norm, **dd)
+        # IBM's official model: a bias table per block; otherwise the stage's one (vit-pytorch)
+        self.rel_pos = RelPosBias(
+            (window_size, window_size), num_heads, num_prefix_tokens=1, **dd) if rel_pos_per_block else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -134,7 +166,7 @@ class R2LBlock(nn.Module):
         regions = regions + self.drop_path1(self.attn(regions))
         # every window with its regional token in front: (B * rh * rw, 1 + window ** 2, C)
         tokens = torch.cat((regions.reshape(B * rh * rw, 1, C), window_partition(local_tokens, window)), dim=1)
-        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias))
+        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias, local=True))
         tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)))
         local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
         region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
@@ -216,8 +248,24 @@ def window_key_mask(
     return (rel_bias + mask).repeat(batch_size, 1, 1, 1)
 
 
+DOWNSAMPLE_TYPES = ('conv', 'norm_act_dwconv')
+
+
+def make_downsample(in_chs: int, dim: int, downsample: str, device=None, dtype=None) -> nn.Module:
+    """The stride-2 3x3 downsampling of a stage (NCHW), one of ``DOWNSAMPLE_TYPES``."""
+    dd = {'device': device, 'dtype': dtype}
+    if downsample == 'conv':  # vit-pytorch: a full conv
+        return nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, **dd)
+    # IBM's official model: pre-norm and GELU, then a depthwise conv giving each channel dim / in_chs outputs
+    return nn.Sequential(
+        LayerNorm2d(in_chs, eps=1e-5, **dd),
+        nn.GELU(),
+        nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, groups=in_chs, **dd),
+    )
+
+
 class RegionViTStage(nn.Module):
-    """Optional stride-2 downsampling conv (shared by both streams) and PEG, then R2L blocks."""
+    """Optional stride-2 downsampling (shared by both streams) and PEG, then R2L blocks."""
 
     def __init__(
             self,
@@ -227,9 +275,10 @@ class RegionViTStage(nn.Module):
             num_heads: int,
             head_dim: int,
             window_size: int,
-            downsample: bool,
+            downsample: Optional[str],
             use_peg: bool,
             drop_path: List[float],
+            rel_pos_per_block: bool = False,
             device=None,
             dtype=None,
             **block_kwargs: Any,
@@ -238,12 +287,15 @@ class RegionViTStage(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
         self.window_size = window_size
-        self.downsample = nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, **dd) if downsample else None
+        self.downsample = make_downsample(in_chs, dim, downsample, **dd) if downsample else None
         self.pos_conv = PosConv(dim, **dd) if use_peg else None
-        # one bias table per stage, shared by its blocks as vit-pytorch; the regional token gets none
-        self.rel_pos = RelPosBias((window_size, window_size), num_heads, num_prefix_tokens=1, **dd)
+        # one bias table per stage, shared by its blocks as vit-pytorch, or one per block (IBM);
+        # the regional token gets none
+        self.rel_pos = None if rel_pos_per_block else RelPosBias(
+            (window_size, window_size), num_heads, num_prefix_tokens=1, **dd)
         self.blocks = nn.ModuleList([
-            R2LBlock(dim, num_heads, head_dim, window_size, drop_path=drop_path[i], **dd, **block_kwargs)
+            R2LBlock(dim, num_heads, head_dim, window_size, drop_path=drop_path[i],
+                     rel_pos_per_block=rel_pos_per_block, **dd, **block_kwargs)
             for i in range(depth)
         ])
 
@@ -260,9 +312,16 @@ class RegionViTStage(nn.Module):
         regions = (region_tokens.shape[1], region_tokens.shape[2])
         # padded tokens stay masked keys through all blocks; as queries their outputs are cropped below
         local_tokens = to_region_windows(local_tokens, regions, self.window_size, even_split)
-        local_bias = window_key_mask(  # (1 or B * rh * rw, heads, 1 + window ** 2, 1 + window ** 2)
-            self.rel_pos(), size, regions, self.window_size, even_split, local_tokens.shape[0])
-        for block in self.blocks:
+        batch_size = local_tokens.shape[0]
+        # each (1 or B * rh * rw, heads, 1 + window ** 2, 1 + window ** 2)
+        if self.rel_pos is not None:
+            biases = [window_key_mask(self.rel_pos(), size, regions, self.window_size, even_split, batch_size)]
+            biases = biases * len(self.blocks)
+        else:
+            biases = [window_key_mask(block.rel_pos(), size, regions, self.window_size, even_split, batch_size)
+                      for block in self.blocks]
+        for i, block in enumerate(self.blocks):
+            local_bias = biases[i]
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 local_tokens, region_tokens = checkpoint(block, local_tokens, region_tokens, local_bias)
             else:
@@ -346,6 +405,17 @@ class RegionViT(StageModel):
         tokenize_local_3_conv: Three-conv local tokenizer instead of one 8x8 conv.
         stem_chs: Widths of the 3-conv tokenizer's first two convs, default the first stage's (vit-pytorch).
         use_peg: Position-encoding generator at the start of stages 2-4.
+        downsample: Stride-2 3x3 downsampling of stages 2-4, shared by both streams: 'conv' (a full conv,
+            vit-pytorch) or 'norm_act_dwconv' (LayerNorm, GELU, depthwise conv: IBM's official model).
+        separate_local_norm: The local pass of each block has its own pre-norm, the regional pass keeps
+            ``attn.norm`` and both share the attention weights (IBM's official model).
+        rel_pos_per_block: A relative-position table per block instead of one per stage (IBM's).
+        norm_eps: Epsilon of the blocks' LayerNorms and the final norm (IBM's official model: 1e-6).
+        norm_before_pool: LayerNorm every final regional token, then pool (IBM's) instead of pool, then
+            LayerNorm (vit-pytorch).
+        shrink_windows: Where a stage's local map splits evenly among its regional tokens with fewer tokens
+            than a window, each region keeps only its share (vit-pytorch); False: every region gets a full
+            window and the map is padded at the bottom/right (IBM's official model, at every size).
         mlp_ratio: MLP hidden width over block width.
         qkv_bias: Bias in the qkv projection.
         drop_rate: Dropout before the classifier.
@@ -368,6 +438,12 @@ class RegionViT(StageModel):
             tokenize_local_3_conv: bool = False,
             stem_chs: Optional[Tuple[int, int]] = None,
             use_peg: bool = False,
+            downsample: str = 'conv',
+            separate_local_norm: bool = False,
+            rel_pos_per_block: bool = False,
+            norm_eps: float = 1e-5,
+            norm_before_pool: bool = False,
+            shrink_windows: bool = True,
             mlp_ratio: float = 4.,
             qkv_bias: bool = False,
             drop_rate: float = 0.,
@@ -391,6 +467,11 @@ class RegionViT(StageModel):
                              f'window_size={window_size}, depths={depths}')
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        if downsample not in DOWNSAMPLE_TYPES:
+            raise ValueError(f'downsample must be one of {DOWNSAMPLE_TYPES}, got {downsample!r}')
+        if downsample == 'norm_act_dwconv' and any(b % a for a, b in zip(dims, dims[1:])):
+            raise ValueError(f"downsample='norm_act_dwconv' is depthwise: each stage's width must be a multiple "
+                             f"of the previous one's, got embed_dim={dims}")
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -401,22 +482,29 @@ class RegionViT(StageModel):
         self.stem = Tokenizers(in_chans, dims[0], region_patch, tokenize_local_3_conv, stem_chs, **dd)
         self.region_patch = region_patch
         self.window_size = window_size
+        self.shrink_windows = shrink_windows
         self.num_stages = num_stages  # kept when pruning: the window split looks at every stage
         self.feature_info = []
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
         stages, in_chs, first = [], dims[0], 0
         for i, depth in enumerate(depths):
             stages.append(RegionViTStage(
-                in_chs, dims[i], depth, heads[i], head_dims[i], window_size, downsample=i > 0,
-                use_peg=use_peg and i > 0, drop_path=dpr[first:first + depth], mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, **dd))
+                in_chs, dims[i], depth, heads[i], head_dims[i], window_size, downsample=downsample if i > 0 else None,
+                use_peg=use_peg and i > 0, drop_path=dpr[first:first + depth], rel_pos_per_block=rel_pos_per_block,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
+                norm_eps=norm_eps, separate_local_norm=separate_local_norm, **dd))
             self.feature_info.append(dict(num_chs=dims[i], reduction=LOCAL_STRIDE << i, module=f'stages.{i}'))
             in_chs, first = dims[i], first + depth
         self.stages = StageSequence(*stages)
-        self.norm = nn.Identity()  # the head normalizes after pooling, as vit-pytorch
-        self.head = NormMlpClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
-            norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
+        if norm_before_pool:  # every regional token normalized, then pooled (IBM's official model)
+            self.norm = LayerNorm2d(self.num_features, eps=norm_eps, **dd)
+            self.head = ClassifierHead(
+                self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        else:  # the head normalizes after pooling, as vit-pytorch
+            self.norm = nn.Identity()
+            self.head = NormMlpClassifierHead(
+                self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                norm_layer=partial(LayerNorm2d, eps=norm_eps), **dd)
         self.local_features = False  # set by prune_intermediate_layers
         self.init_weights()
 
@@ -434,7 +522,8 @@ class RegionViT(StageModel):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
         x = self.input_check(x)
-        even_split = splits_evenly(x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
+        even_split = self.shrink_windows and splits_evenly(
+            x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
         tokens = self.stem(x)
         if torch.jit.is_scripting() or not stop_early:  # can't slice stages in torchscript
             stages = self.stages
@@ -463,11 +552,35 @@ class RegionViT(StageModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_check(x)
-        even_split = splits_evenly(x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
+        even_split = self.shrink_windows and splits_evenly(
+            x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
         local_tokens, region_tokens = self.stages(self.stem(x), even_split)
         if self.local_features:  # pruned: (B, C, ceil(H / stride), ceil(W / stride))
             return self.norm(local_tokens.permute(0, 3, 1, 2))
         return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, ceil(H / 224), ceil(W / 224)) at the defaults
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's ``custom_load`` hook (the ``.in1k`` tags): IBM's release files are training checkpoints
+        that pickle their argparse arguments beside the weights, which timm's loader refuses. Read with
+        ``torch.load(weights_only=True)`` allowing ``argparse.Namespace`` only, taking ``'model'`` (what IBM
+        evaluates, not an EMA copy), then as timm's loader:
+        another ``num_classes`` starts a fresh classifier, another ``in_chans`` adapts the first convs."""
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state_dict = checkpoint_filter_fn(
+                load_state_dict(checkpoint_path, use_ema=False, weights_only=True), self)
+        fresh = []
+        if state_dict['head.fc.weight'].shape[0] != self.num_classes:
+            fresh = [k for k in state_dict if k.startswith('head.fc.')]
+            for key in fresh:
+                del state_dict[key]
+        if self.in_chans != 3:
+            for name in self.pretrained_cfg['first_conv']:
+                state_dict[f'{name}.weight'] = adapt_input_conv(self.in_chans, state_dict[f'{name}.weight'])
+        result = self.load_state_dict(state_dict, strict=not fresh)
+        if result is not None and (result.unexpected_keys or set(result.missing_keys) - set(fresh)):
+            raise RuntimeError(f'{checkpoint_path} does not fit {type(self).__name__}: missing '
+                               f'{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}')
 
 
 # --- vit-pytorch conversion -------------------------------------------------------------------
@@ -532,17 +645,93 @@ def _from_vit_pytorch(ref: nn.Module) -> RegionViT:
     return model
 
 
+# --- IBM's official checkpoints ---------------------------------------------------------------
+
+# IBM's R2L block norms (regional pass, local pass, MLP) -> ours; attn.qkv, attn.proj and mlp keep their names
+_IBM_BLOCK_NORMS = {'norm0': 'attn.norm', 'norm1': 'attn.local_norm', 'norm2': 'norm'}
+
+
+def _ibm_rel_pos_table(table: torch.Tensor) -> torch.Tensor:
+    """IBM's (heads, span ** 2) table -> ours, (span ** 2, heads), span = 2 * window - 1.
+
+    IBM indexes by (key - query + window // 2) mod span per axis (Python's negative indexing wraps),
+    ours by (query - key + window - 1): the same offsets, rows and columns permuted.
+    """
+    heads, num_offsets = table.shape
+    span = int(round(num_offsets ** 0.5))
+    window = (span + 1) // 2
+    order = [(window - 1 - i + window // 2) % span for i in range(span)]
+    table = table.reshape(heads, span, span)[:, order][:, :, order]
+    return table.reshape(heads, num_offsets).t().contiguous()
+
+
+def _remap_ibm_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """IBM's official RegionViT state dict (IBM/RegionViT's ``regionvit.py``, the ``'model'`` entry of its
+    checkpoints) in our layout; any other state dict is returned as it is. IBM's layout is told by its
+    regional tokenizer, ``cls_token.proj``."""
+    if 'cls_token.proj.weight' not in state_dict:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        stage_key = re.match(r'layers\.(\d+)\.block\.(\d+)\.(.+)', key)
+        if key.startswith('patch_embed.proj'):  # local tokenizer: one conv, or three with LayerNorm2d between
+            key = 'stem.local' + key[len('patch_embed.proj'):]
+        elif key.startswith('cls_token.proj.'):
+            key = 'stem.region.' + key[len('cls_token.proj.'):]
+        elif key.startswith('head.'):
+            key = 'head.fc.' + key[len('head.'):]
+        elif re.match(r'norm\d', key):  # per-stage norms of IBM's detection backbone
+            continue
+        elif re.match(r'layers\.\d+\.peg', key):
+            raise ValueError(f'{key}: IBM\'s PEG variants (*_peg) have no counterpart here')
+        elif stage_key:
+            stage, index, rest = stage_key.groups()
+            if index == '0':  # the stage's downsampling; proj_cls is the same module registered twice
+                if rest.startswith('proj_cls.'):
+                    continue
+                key = f'stages.{stage}.downsample.{rest[len("proj."):]}'
+            elif rest == 'attn.rel_pos':
+                key = f'stages.{stage}.blocks.{int(index) - 1}.rel_pos.relative_position_bias_table'
+                value = _ibm_rel_pos_table(value)
+            else:
+                module, param = rest.rsplit('.', 1)
+                key = f'stages.{stage}.blocks.{int(index) - 1}.{_IBM_BLOCK_NORMS.get(module, module)}.{param}'
+        if value.ndim == 4 and value.shape[0] == 1 and value.shape[2:] == (1, 1):
+            value = value.flatten()  # IBM's LayerNorm2d keeps (1, C, 1, 1) weights, timm's (C,)
+        out[key] = value
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RegionViT) -> Dict[str, torch.Tensor]:
+    """Pretrained weights in this model's layout: IBM's official checkpoints are remapped."""
+    return _remap_ibm_state_dict(state_dict)
+
+
 # --- registry ---------------------------------------------------------------------------------
 
 def _create_regionvit(variant: str, pretrained: bool = False, **kwargs: Any) -> RegionViT:
-    return build_variant(RegionViT, variant, pretrained, num_feature_taps=4, **kwargs)
+    return build_variant(
+        RegionViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, num_feature_taps=4, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return base_cfg(**{
-        'first_conv': ['stem.local.0', 'stem.region'], **kwargs}, classifier='head.fc', pool_size=(1, 1),
-        min_input_size=(3, 28, 28), paper_ids='arXiv:2106.02689',
+        'first_conv': ['stem.local.0', 'stem.region'], 'min_input_size': (3, 28, 28), **kwargs},
+        classifier='head.fc', pool_size=(1, 1), paper_ids=('arXiv:2106.02689',),
         paper_name='RegionViT: Regional-to-Local Attention for Vision Transformers')
+
+
+IBM_URL = 'https://github.com/IBM/RegionViT'
+IBM_RELEASE = f'{IBM_URL}/releases/download/weights-v0.1/'
+
+
+def _ibm_cfg(file: str, top1: float, **kwargs: Any) -> Dict[str, Any]:
+    """IBM's ImageNet-1k weights, read from its GitHub release by ``RegionViT.load_pretrained``; IBM's eval
+    preprocessing (bicubic resize to 256, centre crop 224, ImageNet mean/std)."""
+    return _cfg(
+        url=IBM_RELEASE + file, custom_load=True, crop_pct=0.875, origin_url=IBM_URL,
+        notes=(f"IBM's official ImageNet-1k weights (Apache-2.0, {IBM_URL}); top-1 {top1:g}% as reported by IBM, "
+               f"not measured here; the download was not exercised on the build machines",), **kwargs)
 
 
 # Publishing weights adds a tagged entry, e.g. 'regionvit_tiny.in1k': _cfg(hf_hub_id='org/regionvit_tiny.in1k').
@@ -550,6 +739,15 @@ default_cfgs = generate_default_cfgs({
     'regionvit_tiny': _cfg(),
     'regionvit_small': _cfg(),
     'regionvit_base': _cfg(first_conv=['stem.local', 'stem.region']),
+    'regionvit_ibm_tiny.in1k': _ibm_cfg('RegionViT-Ti.pth', 80.4),
+    'regionvit_ibm_small.in1k': _ibm_cfg('RegionViT-S.pth', 82.6),
+    # IBM's README links RegionViT-S.pth for M by mistake; the release's naming gives RegionViT-M.pth
+    'regionvit_ibm_medium.in1k': _ibm_cfg('RegionViT-M.pth', 83.1, first_conv=['stem.local', 'stem.region']),
+    'regionvit_ibm_base.in1k': _ibm_cfg('RegionViT-B.pth', 83.2, first_conv=['stem.local', 'stem.region']),
+    # window 14, the detection backbones (IBM publishes them only inside its COCO detectors)
+    'regionvit_ibm_small_w14': _cfg(origin_url=IBM_URL, min_input_size=(3, 56, 56)),
+    'regionvit_ibm_base_w14': _cfg(
+        origin_url=IBM_URL, min_input_size=(3, 56, 56), first_conv=['stem.local', 'stem.region']),
 })
 
 
@@ -574,3 +772,55 @@ def regionvit_base(pretrained: bool = False, **kwargs: Any) -> RegionViT:
     model_args = dict(
         embed_dim=(128, 256, 512, 1024), depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), tokenize_local_3_conv=False)
     return _create_regionvit('regionvit_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+# IBM's official design (IBM/RegionViT) where it differs from vit-pytorch's
+IBM_DESIGN = dict(
+    downsample='norm_act_dwconv', separate_local_norm=True, rel_pos_per_block=True, qkv_bias=True, norm_eps=1e-6,
+    norm_before_pool=True, shrink_windows=False)
+
+
+@register_variant
+def regionvit_ibm_tiny(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(2, 4, 8, 16), tokenize_local_3_conv=True,
+        stem_chs=(16, 32), **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_small(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(96, 192, 384, 768), depths=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), tokenize_local_3_conv=True,
+        stem_chs=(24, 48), **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_medium(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(96, 192, 384, 768), depths=(2, 2, 14, 2), num_heads=(3, 6, 12, 24), **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_medium', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_base(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(128, 256, 512, 1024), depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_small_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(96, 192, 384, 768), depths=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), tokenize_local_3_conv=True,
+        stem_chs=(24, 48), window_size=14, **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_small_w14', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_base_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(128, 256, 512, 1024), depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), window_size=14,
+        **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_base_w14', pretrained=pretrained, **dict(model_args, **kwargs))
