@@ -277,7 +277,8 @@ def render(results: Optional[List[dict]] = None) -> str:
         '',
         '**Weights**: the `regionvit_ibm_*.in1k` tags load IBM\'s official ImageNet-1k release files '
         '(Apache-2.0, https://github.com/IBM/RegionViT, release weights-v0.1; their top-1 is IBM\'s figure, not '
-        'measured here, and the download could not be exercised on the build machines). No other weights are published: '
+        'measured here, and the download could not be exercised on the build machines); `python -m timm_vitvariants '
+        'convert --from ibm` turns such a file into a Hub folder. No other weights are published: '
         '`pretrained=True` raises an error that says so. To publish: train '
         '(see the recipes), `python -m timm_vitvariants export` the checkpoint into a Hub folder, '
         '`python -m timm_vitvariants push FOLDER --repo org/name`, then add the tag to the family\'s '

@@ -1,4 +1,4 @@
-"""RegionViT as IBM's official code (IBM/RegionViT): parity from a fixture, sizes, checkpoints.
+"""RegionViT as IBM's official code (IBM/RegionViT): parity from a fixture, sizes, checkpoints, the converter.
 
 tests/fixtures/regionvit_ibm_{3conv,1conv}.safetensors hold numbers only, made by running IBM's
 ``regionvit/regionvit.py`` (commit 77000c2, its own timm-0.4 imports served by today's timm) on random
@@ -157,6 +157,61 @@ def test_pretrained_refuses_pickled_code(source, tmp_path, monkeypatch):
     location = dict(url=path.as_uri(), custom_load=True) if source == 'url' else dict(file=str(path))
     with pytest.raises((RuntimeError, pickle.UnpicklingError), match='(?i)weights.only.*PosixPath'):
         timm.create_model('regionvit_ibm_tiny', pretrained=True, pretrained_cfg_overlay=location, **timm_args)
+
+
+def test_convert_cli_writes_a_hub_folder(tmp_path):
+    state_dict, timm_args, expected = fixture('1conv')
+    torch.save(ibm_training_checkpoint(state_dict), tmp_path / 'RegionViT-Ti.pth')
+    (tmp_path / 'args.json').write_text(json.dumps(timm_args))
+    from timm_vitvariants.__main__ import main
+    main(['convert', '--from', 'ibm', '--model', 'regionvit_ibm_tiny', '-c', str(tmp_path / 'RegionViT-Ti.pth'),
+          '--config', str(tmp_path / 'args.json'), '--input-size', '16', '32', '-o', str(tmp_path / 'out')])
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'license: apache-2.0' in card and '80.4% as reported by IBM, not measured here' in card
+    loaded = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True).eval()
+    with torch.no_grad():
+        assert max_rel_error(loaded(expected['input']), expected['logits']) < 1e-5
+
+
+def test_convert_cli_errors(tmp_path, capsys):
+    from timm_vitvariants.__main__ import main
+    torch.save({'weight': torch.ones(1)}, tmp_path / 'other.pth')
+    for argv, message in [
+        (['--model', 'regionvit_ibm_tiny', '-c', str(tmp_path / 'missing.pth')], 'not found'),
+        (['-c', str(tmp_path / 'other.pth')], 'needs --model'),
+        (['--model', 'regionvit_tiny', '-c', str(tmp_path / 'other.pth')], 'regionvit_ibm_'),
+        (['--model', 'regionvit_ibm_tiny', '-c', str(tmp_path / 'other.pth')], 'not an IBM RegionViT checkpoint'),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(['convert', '--from', 'ibm', *argv, '-o', str(tmp_path / 'out')])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_converted_folder_loads_from_the_hub(tmp_path):
+    """IBM's file -> convert -> the folder served by the loopback Hub -> timm.create_model('hf-hub:...')."""
+    from hub_server import LoopbackHub
+    from test_hub import HubSession
+    state_dict, timm_args, expected = fixture('1conv')
+    torch.save(ibm_training_checkpoint(state_dict), tmp_path / 'RegionViT-Ti.pth')
+    (tmp_path / 'args.json').write_text(json.dumps(timm_args))
+    from timm_vitvariants.__main__ import main
+    main(['convert', '--from', 'ibm', '--model', 'regionvit_ibm_tiny', '-c', str(tmp_path / 'RegionViT-Ti.pth'),
+          '--config', str(tmp_path / 'args.json'), '--input-size', '16', '32',
+          '-o', str(tmp_path / 'server' / 'org' / 'regionvit_ibm_tiny.in1k')])  # published in place
+    input_shape = list(expected['input'].shape)
+    with LoopbackHub(tmp_path / 'server', lifetime_s=120) as hub:
+        session = HubSession(hub, tmp_path / 'hf_home', tmp_path)
+        found, errors = session.load([dict(label='hub', model='hf-hub:org/regionvit_ibm_tiny.in1k',
+                                           input_shape=input_shape)])
+    assert not errors, errors
+    from hub_client import sample_input
+    model = timm.create_model(f'local-dir:{tmp_path / "server" / "org" / "regionvit_ibm_tiny.in1k"}',
+                              pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(found['hub'], model(sample_input(input_shape)))
+        assert max_rel_error(model(expected['input']), expected['logits']) < 1e-5
 
 
 @pytest.mark.parametrize('kwargs, match', [

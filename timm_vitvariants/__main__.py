@@ -1,7 +1,7 @@
 """``python -m timm_vitvariants``: with no arguments, a table of every registered variant.
 
 Commands: ``list`` (the table), ``export`` (checkpoint -> Hub-ready folder), ``convert`` (vit-pytorch
-checkpoint -> Hub-ready folder) and ``push`` (folder -> Hugging Face Hub repo). User mistakes end
+checkpoint, or IBM's official RegionViT checkpoint with ``--from ibm``, -> Hub-ready folder) and ``push`` (folder -> Hugging Face Hub repo). User mistakes end
 in one ``error:`` line and exit status 2, never a traceback.
 """
 import argparse
@@ -98,7 +98,30 @@ def run_export(args: argparse.Namespace) -> None:
     export_model(model, args)
 
 
+def run_convert_ibm(args: argparse.Namespace) -> None:
+    from .hub import add_card_section, convert_ibm_checkpoint
+    if not args.model:
+        raise ValueError('--from ibm needs --model, a regionvit_ibm_* variant (e.g. regionvit_ibm_small)')
+    model = convert_ibm_checkpoint(args.model, args.checkpoint, collect_args(args.config, args.arg))
+    cfg = model.pretrained_cfg
+    args.training_data = args.training_data or 'ImageNet-1k (trained by IBM, IBM/RegionViT)'
+    export_model(model, args)
+    add_card_section(args.output, 'Source', [
+        f'- weights: IBM\'s official RegionViT checkpoint `{Path(args.checkpoint).name}` '
+        f'({cfg.get("origin_url")}, release weights-v0.1), licence {cfg.get("license")}; converted to '
+        f'safetensors by timm_vitvariants (key mapping only, outputs checked against the source checkpoint '
+        f'loaded the same way)',
+        *[f'- {note}' for note in cfg.get('notes') or ()],
+        '- paper: Chen et al., RegionViT: Regional-to-Local Attention for Vision Transformers, '
+        '[arXiv:2106.02689](https://arxiv.org/abs/2106.02689)',
+    ])
+
+
 def run_convert(args: argparse.Namespace) -> None:
+    if args.source == 'ibm':
+        return run_convert_ibm(args)
+    if not args.vit_pytorch_class:
+        raise ValueError('convert needs --vit-pytorch-class (or --from ibm with --model)')
     from .hub import convert_checkpoint
     model = convert_checkpoint(args.vit_pytorch_class, args.checkpoint, collect_args(args.config, args.arg),
                                input_size=args.input_size)
@@ -143,12 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_options(export)
 
     convert = sub.add_parser(
-        'convert', help='a vit-pytorch checkpoint -> the timm model -> a Hub-ready folder',
+        'convert', help='a vit-pytorch (or, --from ibm, IBM RegionViT) checkpoint -> the timm model -> a Hub-ready folder',
         description='Builds the vit-pytorch model from its constructor arguments, loads the state dict '
                     '(torch.load with weights_only=True), converts it, checks both give the same outputs, '
-                    'then exports as `export` does.')
-    convert.add_argument('--vit-pytorch-class', required=True, choices=supported_classes(),
+                    'then exports as `export` does. With --from ibm: loads IBM\'s official RegionViT checkpoint '
+                    'into --model (a regionvit_ibm_* variant) as its .in1k tag does, then exports.')
+    convert.add_argument('--from', dest='source', choices=('vit-pytorch', 'ibm'), default='vit-pytorch',
+                         help="the checkpoint's origin: a vit-pytorch state dict (default), or IBM's official "
+                              "RegionViT (a release .pth or IBM/RegionViT main.py checkpoint; needs --model)")
+    convert.add_argument('--vit-pytorch-class', choices=supported_classes(),
                          help='the vit-pytorch class the checkpoint was saved from')
+    convert.add_argument('--model', '-m', help='--from ibm: the regionvit_ibm_* variant, e.g. regionvit_ibm_small')
     convert.add_argument('--checkpoint', '-c', required=True, help="the vit-pytorch model's state dict (torch.save)")
     convert.add_argument('--config', help='JSON file of the vit-pytorch constructor arguments')
     convert.add_argument('--arg', action='append', default=[], metavar='KEY=VALUE',

@@ -11,6 +11,7 @@ Checkpoints are always read with ``torch.load(weights_only=True)``: no pickled c
 import argparse
 import importlib
 import json
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ from .info import count_gmacs
 
 __all__ = [
     'WEIGHTS_FILE', 'HUB_FILES', 'read_state_dict', 'model_from_checkpoint', 'vit_pytorch_from_checkpoint',
-    'convert_checkpoint',
+    'convert_checkpoint', 'convert_ibm_checkpoint', 'add_card_section',
     'export_folder', 'verify_folder', 'write_model_card', 'push_folder', 'upload_plan',
 ]
 
@@ -151,6 +152,30 @@ def convert_checkpoint(
     return model
 
 
+def convert_ibm_checkpoint(
+        model_name: str,
+        checkpoint: PathLike,
+        model_args: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """An official IBM RegionViT checkpoint (a release file such as ``RegionViT-S.pth``, or any
+    checkpoint IBM/RegionViT's ``main.py`` saves) as ``model_name`` (a ``regionvit_ibm_*`` variant), in
+    eval mode, loaded exactly as its ``.in1k`` tag loads the download: ``torch.load(weights_only=True)``
+    allowing ``argparse.Namespace`` only, then the family's key mapping."""
+    if not model_name.startswith('regionvit_ibm_') or model_name not in timm.list_models():
+        raise ValueError(f'IBM checkpoints convert to a regionvit_ibm_* variant '
+                         f'({", ".join(timm.list_models("regionvit_ibm_*"))}), got {model_name!r}')
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    overlay = dict(file=str(path), custom_load=True)  # custom_load: also for the variants without a tag
+    try:
+        model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **(model_args or {}))
+    except (RuntimeError, KeyError, pickle.UnpicklingError) as e:  # refused unpickling, keys that do not fit
+        raise ValueError(f'{path} is not an IBM RegionViT checkpoint for {model_name} '
+                         f'({str(e).splitlines()[0] if str(e) else type(e).__name__})') from e
+    return model.eval()
+
+
 # --- export -----------------------------------------------------------------------------------
 
 def _sample_input(model: nn.Module, seed: int = 0) -> torch.Tensor:
@@ -231,6 +256,12 @@ def write_model_card(
         '',
     ]
     (folder / CARD_FILE).write_text('\n'.join(lines))
+
+
+def add_card_section(folder: PathLike, heading: str, lines: Sequence[str]) -> None:
+    """Appends a ``## heading`` section to the folder's model card."""
+    card = Path(folder) / CARD_FILE
+    card.write_text(card.read_text().rstrip('\n') + '\n\n' + '\n'.join([f'## {heading}', '', *lines, '']))
 
 
 def _check_target(folder: Path, overwrite: bool) -> None:
