@@ -43,8 +43,9 @@ No stage pads at multiples of 32 x window (224, 448, 224x448 at window 7), but t
 last stage does at 224 (7x7 local tokens in a 14x14 window), so there they differ from IBM's code.
 Differences from IBM's padding: both tokenizers see the same bottom/right padding (IBM pads the
 regional tokenizer's input on all sides and its local tokenizer sees the raw image), so region i and
-window i cover the same pixels. IBM's ``drop_rate`` drops after the tokenizer and in the blocks; ours
-before the classifier (``proj_drop_rate`` is the blocks'): the same eval outputs.
+window i cover the same pixels. Training only (eval outputs are the same): IBM's ``drop_rate`` drops after the tokenizer
+and in the blocks, ours before the classifier (``proj_drop_rate`` is the blocks'); IBM's stochastic depth
+draws once per window on the window branches, ours once per image.
 """
 import argparse
 import re
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead
 from timm.layers import calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs, load_state_dict, register_notrace_function
 from timm.models import register_notrace_module
@@ -64,9 +65,9 @@ from timm.models._manipulate import adapt_input_conv
 from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, check_output_fmt, to_format
-from .convert import register_converter
-from .layers import ImageCheck, PosConv, RelPosBias, merge_heads, scaled_dot_attention, split_heads
+from .base import StageModel, check_output_fmt, per_stage, to_format
+from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
+from .layers import HeadsAttention, ImageCheck, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, window_partition, window_reverse
 
 __all__ = ['RegionViT']
@@ -74,16 +75,8 @@ __all__ = ['RegionViT']
 LOCAL_STRIDE = 4  # both local tokenizers reduce by 4 (vit-pytorch fixes it whatever local_patch_size says)
 
 
-def _per_stage(value: Union[int, Tuple[int, ...]], num_stages: int, name: str) -> Tuple[int, ...]:
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
-    if len(values) != num_stages:
-        raise ValueError(f'{name} needs one value or one per stage ({num_stages}), got {value}')
-    return values
-
-
-class R2LAttention(nn.Module):
+class R2LAttention(HeadsAttention):
     """Pre-norm multi-head attention over (B, N, C) tokens with an optional additive bias."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -98,17 +91,12 @@ class R2LAttention(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.num_heads = num_heads
-        self.fused_attn = use_fused_attn()
+        super().__init__(dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
         # IBM's official model normalizes the local pass with its own weights (the attention stays shared)
         self.local_norm = nn.LayerNorm(dim, eps=norm_eps, **dd) if separate_local_norm else None
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **dd)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(num_heads * head_dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None, local: bool = False) -> torch.Tensor:
         if local and self.local_norm is not None:
@@ -116,10 +104,7 @@ class R2LAttention(nn.Module):
         else:
             x = self.norm(x)
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (B, N, heads * head_dim)
-        out = scaled_dot_attention(
-            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
-            attn_bias, dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
-        return self.proj_drop(self.proj(merge_heads(out)))
+        return self.proj_drop(self.proj(self.attend(q, k, v, attn_bias)))
 
 
 class R2LBlock(nn.Module):
@@ -152,9 +137,9 @@ class R2LBlock(nn.Module):
             (window_size, window_size), num_heads, num_prefix_tokens=1, **dd) if rel_pos_per_block else None
         self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.drop_path3 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()  # regional tokens (B, N, C)
+        self.drop_path2 = WindowDropPath(drop_path)  # windows: one draw per image, as the regional branch
+        self.drop_path3 = WindowDropPath(drop_path)
 
     def forward(
             self, local_tokens: torch.Tensor, region_tokens: torch.Tensor, local_bias: torch.Tensor,
@@ -166,8 +151,8 @@ class R2LBlock(nn.Module):
         regions = regions + self.drop_path1(self.attn(regions))
         # every window with its regional token in front: (B * rh * rw, 1 + window ** 2, C)
         tokens = torch.cat((regions.reshape(B * rh * rw, 1, C), window_partition(local_tokens, window)), dim=1)
-        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias, local=True))
-        tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)))
+        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias, local=True), B)
+        tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)), B)
         local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
         region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
         return local_tokens, region_tokens
@@ -456,9 +441,9 @@ class RegionViT(StageModel):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         num_stages = len(depths)
-        dims = _per_stage(embed_dim, num_stages, 'embed_dim')
-        heads = _per_stage(num_heads, num_stages, 'num_heads')
-        head_dims = _per_stage(head_dim, num_stages, 'head_dim')
+        dims = per_stage(embed_dim, num_stages, 'embed_dim')
+        heads = per_stage(num_heads, num_stages, 'num_heads')
+        head_dims = per_stage(head_dim, num_stages, 'head_dim')
         if local_patch_size != LOCAL_STRIDE:
             raise ValueError(f'local_patch_size must be {LOCAL_STRIDE} (the local tokenizers\' stride), '
                              f'got {local_patch_size}')
@@ -517,7 +502,8 @@ class RegionViT(StageModel):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
+        """Local-token maps of the stages (padding cropped) as intermediates; the final output is what
+        ``forward_features`` returns: the regional map, or the last kept local map once pruned."""
         check_output_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
@@ -535,7 +521,7 @@ class RegionViT(StageModel):
                 intermediates.append(to_format(tokens[0].permute(0, 3, 1, 2), output_fmt))
         if intermediates_only:
             return intermediates
-        return self.norm(tokens[1].permute(0, 3, 1, 2)), intermediates
+        return self._features_out(tokens), intermediates
 
     @torch.jit.ignore
     def prune_intermediate_layers(
@@ -554,7 +540,10 @@ class RegionViT(StageModel):
         x = self.input_check(x)
         even_split = self.shrink_windows and splits_evenly(
             x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
-        local_tokens, region_tokens = self.stages(self.stem(x), even_split)
+        return self._features_out(self.stages(self.stem(x), even_split))
+
+    def _features_out(self, tokens: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        local_tokens, region_tokens = tokens
         if self.local_features:  # pruned: (B, C, ceil(H / stride), ceil(W / stride))
             return self.norm(local_tokens.permute(0, 3, 1, 2))
         return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, ceil(H / 224), ceil(W / 224)) at the defaults
@@ -636,12 +625,8 @@ def _from_vit_pytorch(ref: nn.Module) -> RegionViT:
             block.attn.norm.load_state_dict(attn.norm.state_dict())
             block.attn.qkv.weight.copy_(attn.to_qkv.weight)
             block.attn.proj.load_state_dict(attn.to_out[0].state_dict())
-            block.norm.load_state_dict(ff[0].state_dict())
-            block.mlp.fc1.load_state_dict(ff[1].state_dict())
-            block.mlp.fc2.load_state_dict(ff[4].state_dict())
-    model.head.norm.load_state_dict(ref.to_logits[1].state_dict())
-    model.get_classifier().load_state_dict(ref.to_logits[2].state_dict())
-    model.model_args = config
+            copy_linear_mlp(block.norm, block.mlp, ff)
+    copy_norm_linear_head(model, ref.to_logits[1], ref.to_logits[2])
     return model
 
 
