@@ -3,7 +3,8 @@
 tests/fixtures/regionvit_ibm_{3conv,1conv}.safetensors hold numbers only, made by running IBM's
 ``regionvit/regionvit.py`` (commit 77000c2, its own timm-0.4 imports served by today's timm) on random
 weights: its state dict (``state_dict.*``, with IBM's keys), an input, the logits and the local-token map
-of every stage (IBM's ``forward_features(x, detection=True)``). The configuration is in the metadata:
+of every stage (IBM's ``forward_features(x, detection=True)``); the 1-conv one has IBM's PEG (``peg=True``).
+The configuration is in the metadata:
 ``ibm_args`` (IBM's constructor) and ``timm_args`` (ours). Weights and input are fp16 values, stored as
 fp16 to keep the files small; IBM's code ran them in fp32.
 """
@@ -96,6 +97,8 @@ OFFICIAL = {  # measured on IBM's code (torch.utils.flop_counter, 224x224): para
     'regionvit_ibm_base': (72_747_232, 13.0465),
     'regionvit_ibm_small_w14': (31_354_714, 7.8873),
     'regionvit_ibm_base_w14': (73_825_120, 17.4326),
+    'regionvit_ibm_small_w14_peg': (31_367_674, 7.8924),
+    'regionvit_ibm_base_w14_peg': (73_842_400, 17.4394),
 }
 
 

@@ -144,10 +144,10 @@ class RelPosBias(nn.Module):
 class PosConv(nn.Module):
     """Position-encoding generator (PEG, Chu et al. 2102.10882): x + depthwise_conv(x) on an NHWC map."""
 
-    def __init__(self, dim: int, kernel_size: int = 3, device=None, dtype=None):
+    def __init__(self, dim: int, kernel_size: int = 3, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.proj = nn.Conv2d(
-            dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, device=device, dtype=dtype)
+            dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

@@ -29,18 +29,20 @@ Differences from vit-pytorch:
     official code (``stem_chs``; vit-pytorch's full width is the default).
   * the regional tokenizer (rearrange + 1x1 conv) is one kernel = stride conv, the same map.
 Differences from the paper: in vit-pytorch's design the downsampling conv is full width (no depthwise).
-IBM's official design (``regionvit_ibm_{tiny,small,medium,base}``, window 14: ``_small_w14``, ``_base_w14``)
-is vit-pytorch's with these constructor options: ``downsample='norm_act_dwconv'`` (LayerNorm, GELU,
+IBM's official design (``regionvit_ibm_{tiny,small,medium,base}``; window 14: ``_small_w14``, ``_base_w14``,
+with PEG ``_small_w14_peg``, ``_base_w14_peg``) is vit-pytorch's with these constructor options: ``downsample='norm_act_dwconv'`` (LayerNorm, GELU,
 depthwise 3x3 stride-2 conv, still shared by both streams), ``separate_local_norm`` (the local pass has
 its own pre-norm), ``rel_pos_per_block``, ``qkv_bias``, ``norm_eps=1e-6``, ``norm_before_pool`` (each
 regional token normalized, then pooled) and ``shrink_windows=False`` (a region always gets a full
-window); Ti and S take the narrow 3-conv tokenizer, M and B the 8x8 stride-4 conv. IBM's relative-position
+window); Ti and S take the narrow 3-conv tokenizer, M and B the 8x8 stride-4 conv; IBM's PEG is
+``peg_after_first_block`` (after each stage's first block, on both streams, bias-free). IBM's relative-position
 table is indexed differently (the remapping permutes it). Outputs equal IBM's code (random weights;
 Ti/S/M/B at 224, 224x448 and 448x224 within 5e-7 relative) at every multiple of the region patch, except:
 where a stage pads its windows, IBM's code builds the bottom-right window's key mask wrongly and most of
 its padded keys stay visible; here they are masked (IBM's code with that mask corrected gives our outputs).
-No stage pads at multiples of 32 x window (224, 448, 224x448 at window 7), but the window-14 variants'
-last stage does at 224 (7x7 local tokens in a 14x14 window), so there they differ from IBM's code.
+No stage pads at multiples of 32 x window (224, 448, 224x448 at window 7; 448, 448x896 at window 14, where
+S-w14 (+PEG) match within 6e-7), but the window-14 variants' last stage does at 224 (7x7 local tokens in
+a 14x14 window), so there they differ from IBM's code.
 Differences from IBM's padding: both tokenizers see the same bottom/right padding (IBM pads the
 regional tokenizer's input on all sides and its local tokenizer sees the raw image), so region i and
 window i cover the same pixels. Training only (eval outputs are the same): IBM's ``drop_rate`` drops after the tokenizer
@@ -264,6 +266,7 @@ class RegionViTStage(nn.Module):
             use_peg: bool,
             drop_path: List[float],
             rel_pos_per_block: bool = False,
+            peg_after_first_block: bool = False,
             device=None,
             dtype=None,
             **block_kwargs: Any,
@@ -273,7 +276,9 @@ class RegionViTStage(nn.Module):
         self.grad_checkpointing = False
         self.window_size = window_size
         self.downsample = make_downsample(in_chs, dim, downsample, **dd) if downsample else None
-        self.pos_conv = PosConv(dim, **dd) if use_peg else None
+        # vit-pytorch's PEG opens the stage on the local tokens; IBM's (bias-free) follows the first block on both
+        self.peg_after_first_block = peg_after_first_block
+        self.pos_conv = PosConv(dim, bias=not peg_after_first_block, **dd) if use_peg else None
         # one bias table per stage, shared by its blocks as vit-pytorch, or one per block (IBM);
         # the regional token gets none
         self.rel_pos = None if rel_pos_per_block else RelPosBias(
@@ -291,7 +296,7 @@ class RegionViTStage(nn.Module):
         if self.downsample is not None:
             local_tokens = self.downsample(local_tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             region_tokens = self.downsample(region_tokens.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        if self.pos_conv is not None:
+        if self.pos_conv is not None and not self.peg_after_first_block:
             local_tokens = self.pos_conv(local_tokens)
         size = (local_tokens.shape[1], local_tokens.shape[2])
         regions = (region_tokens.shape[1], region_tokens.shape[2])
@@ -311,6 +316,11 @@ class RegionViTStage(nn.Module):
                 local_tokens, region_tokens = checkpoint(block, local_tokens, region_tokens, local_bias)
             else:
                 local_tokens, region_tokens = block(local_tokens, region_tokens, local_bias)
+            if i == 0 and self.pos_conv is not None and self.peg_after_first_block:
+                # on the real local map: its padding is cropped, then re-padded with zeros (as IBM)
+                local_map = from_region_windows(local_tokens, size, regions, self.window_size, even_split)
+                local_tokens = to_region_windows(self.pos_conv(local_map), regions, self.window_size, even_split)
+                region_tokens = self.pos_conv(region_tokens)
         return from_region_windows(local_tokens, size, regions, self.window_size, even_split), region_tokens
 
 
@@ -389,7 +399,9 @@ class RegionViT(StageModel):
         local_patch_size: Local token stride; must be 4 (the tokenizers are fixed to it).
         tokenize_local_3_conv: Three-conv local tokenizer instead of one 8x8 conv.
         stem_chs: Widths of the 3-conv tokenizer's first two convs, default the first stage's (vit-pytorch).
-        use_peg: Position-encoding generator at the start of stages 2-4.
+        use_peg: Position-encoding generator at the start of stages 2-4 on the local tokens (vit-pytorch), or
+            with ``peg_after_first_block`` after the first block of every stage on both streams (IBM's ``_peg``).
+        peg_after_first_block: IBM's PEG placement (a bias-free depthwise conv); needs ``use_peg``.
         downsample: Stride-2 3x3 downsampling of stages 2-4, shared by both streams: 'conv' (a full conv,
             vit-pytorch) or 'norm_act_dwconv' (LayerNorm, GELU, depthwise conv: IBM's official model).
         separate_local_norm: The local pass of each block has its own pre-norm, the regional pass keeps
@@ -423,6 +435,7 @@ class RegionViT(StageModel):
             tokenize_local_3_conv: bool = False,
             stem_chs: Optional[Tuple[int, int]] = None,
             use_peg: bool = False,
+            peg_after_first_block: bool = False,
             downsample: str = 'conv',
             separate_local_norm: bool = False,
             rel_pos_per_block: bool = False,
@@ -475,7 +488,8 @@ class RegionViT(StageModel):
         for i, depth in enumerate(depths):
             stages.append(RegionViTStage(
                 in_chs, dims[i], depth, heads[i], head_dims[i], window_size, downsample=downsample if i > 0 else None,
-                use_peg=use_peg and i > 0, drop_path=dpr[first:first + depth], rel_pos_per_block=rel_pos_per_block,
+                use_peg=use_peg and (i > 0 or peg_after_first_block), peg_after_first_block=peg_after_first_block,
+                drop_path=dpr[first:first + depth], rel_pos_per_block=rel_pos_per_block,
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                 norm_eps=norm_eps, separate_local_norm=separate_local_norm, **dd))
             self.feature_info.append(dict(num_chs=dims[i], reduction=LOCAL_STRIDE << i, module=f'stages.{i}'))
@@ -667,8 +681,8 @@ def _remap_ibm_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torc
             key = 'head.fc.' + key[len('head.'):]
         elif re.match(r'norm\d', key):  # per-stage norms of IBM's detection backbone
             continue
-        elif re.match(r'layers\.\d+\.peg', key):
-            raise ValueError(f'{key}: IBM\'s PEG variants (*_peg) have no counterpart here')
+        elif re.match(r'layers\.\d+\.peg\.', key):  # the _peg variants' position encoding
+            key = re.sub(r'layers\.(\d+)\.peg\.', r'stages.\1.pos_conv.proj.', key)
         elif stage_key:
             stage, index, rest = stage_key.groups()
             if index == '0':  # the stage's downsampling; proj_cls is the same module registered twice
@@ -729,9 +743,12 @@ default_cfgs = generate_default_cfgs({
     # IBM's README links RegionViT-S.pth for M by mistake; the release's naming gives RegionViT-M.pth
     'regionvit_ibm_medium.in1k': _ibm_cfg('RegionViT-M.pth', 83.1, first_conv=['stem.local', 'stem.region']),
     'regionvit_ibm_base.in1k': _ibm_cfg('RegionViT-B.pth', 83.2, first_conv=['stem.local', 'stem.region']),
-    # window 14, the detection backbones (IBM publishes them only inside its COCO detectors)
+    # window 14 (+ PEG), the detection backbones (IBM publishes them only inside its COCO detectors)
     'regionvit_ibm_small_w14': _cfg(origin_url=IBM_URL, min_input_size=(3, 56, 56)),
+    'regionvit_ibm_small_w14_peg': _cfg(origin_url=IBM_URL, min_input_size=(3, 56, 56)),
     'regionvit_ibm_base_w14': _cfg(
+        origin_url=IBM_URL, min_input_size=(3, 56, 56), first_conv=['stem.local', 'stem.region']),
+    'regionvit_ibm_base_w14_peg': _cfg(
         origin_url=IBM_URL, min_input_size=(3, 56, 56), first_conv=['stem.local', 'stem.region']),
 })
 
@@ -809,3 +826,19 @@ def regionvit_ibm_base_w14(pretrained: bool = False, **kwargs: Any) -> RegionViT
         embed_dim=(128, 256, 512, 1024), depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), window_size=14,
         **IBM_DESIGN)
     return _create_regionvit('regionvit_ibm_base_w14', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_small_w14_peg(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(96, 192, 384, 768), depths=(2, 2, 8, 2), num_heads=(3, 6, 12, 24), tokenize_local_3_conv=True,
+        stem_chs=(24, 48), window_size=14, use_peg=True, peg_after_first_block=True, **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_small_w14_peg', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_variant
+def regionvit_ibm_base_w14_peg(pretrained: bool = False, **kwargs: Any) -> RegionViT:
+    model_args = dict(
+        embed_dim=(128, 256, 512, 1024), depths=(2, 2, 14, 2), num_heads=(4, 8, 16, 32), window_size=14,
+        use_peg=True, peg_after_first_block=True, **IBM_DESIGN)
+    return _create_regionvit('regionvit_ibm_base_w14_peg', pretrained=pretrained, **dict(model_args, **kwargs))
