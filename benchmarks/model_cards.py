@@ -63,7 +63,8 @@ FAMILIES: Dict[str, Family] = {
               'depthwise-separable conv queries, GEGLU). It is **not** the Robust Vision Transformer of '
               '[arXiv:2105.07926](https://arxiv.org/abs/2105.07926), which shares the acronym: those weights do '
               'not load here',
-        sizes='any height and width that are multiples of the patch size (16), non-square included; '
+        sizes='any height and width that are multiples of the patch size (16), non-square included; with '
+              '`dynamic_img_pad=True` (as timm\'s ViT) any size from one patch up, zero-padded to whole patches; '
               'there is no position table to resize',
     ),
     'maxvit_reg': Family(
@@ -71,9 +72,12 @@ FAMILIES: Dict[str, Family] = {
         paper='Tu et al., MaxViT: Multi-Axis Vision Transformer, '
               '[arXiv:2204.01697](https://arxiv.org/abs/2204.01697); Darcet et al., Vision Transformers Need '
               'Registers, [arXiv:2309.16588](https://arxiv.org/abs/2309.16588)',
-        sizes='any height and width for which every stage\'s feature map (input / 4 ... input / 32, rounded up) '
-              'divides into windows: multiples of 32 x window (224 at the default window 7: 224, 448, 224x448, ...) '
-              'or up to 3 px less; other sizes raise a ValueError naming the nearest valid ones',
+        sizes='any height and width from 32 px (one token at stride 32) up, non-square included (256, 320x480, '
+              '375x500, 1024x768, ...): the stem, the MBConvs and the stride-2 entries run on the real map '
+              '(features at ceil(size / stride)); block and grid attention pad the map at the bottom/right to '
+              'the window multiple, mask the padded tokens as keys (for the register tokens too) and crop them '
+              'after the block. Sizes whose every stage divides into windows (multiples of 32 x window: 224, '
+              '448, ... at window 7) need no padding and run the unpadded code',
     ),
     'twinssvt': Family(
         title='Twins-SVT (vit-pytorch design)',
