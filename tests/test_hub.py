@@ -33,7 +33,7 @@ CLASSES = 10
 
 def small_model(family: str = HUB_FAMILY, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    args = dict(SPECS[family]['small'], num_classes=CLASSES, **kwargs)
+    args = {**SPECS[family]['small'], 'num_classes': CLASSES, **kwargs}
     return timm.create_model(f'{family}_tiny', **args).eval()
 
 
