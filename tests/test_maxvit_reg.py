@@ -1,10 +1,15 @@
 """MaxViT with register tokens: parity with vit-pytorch, sizes, variants, what the reference got wrong."""
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import timm
 import timm_vitvariants
-from timm_vitvariants.maxvit_reg import MaxViTReg
+from timm.layers import freeze_batch_norm_2d
+from torchvision.ops.misc import FrozenBatchNorm2d  # what timm freezes BatchNorm2d into
+from timm_vitvariants.maxvit_reg import ConvBn, MaxViTReg
 
 from parity import assert_parity, randomize_
 
@@ -82,8 +87,8 @@ def test_no_dropout_by_default_and_real_drop_path():
     assert not torch.allclose(a, b)
     # per-sample masks: each sample's residual branches are dropped together or kept
     drop_path = model.stages[1].blocks[0].drop_path
-    out = drop_path(torch.ones(64, 3, 2, 2))
-    per_sample = out.flatten(1)
+    out = drop_path(torch.ones(64 * 4, 3, 2), 64)  # 64 images of 4 windows each
+    per_sample = out.reshape(64, -1)
     assert set(per_sample.unique().tolist()) <= {0., 1. / (1 - drop_path.drop_prob)}
     assert (per_sample == per_sample[:, :1]).all()
 
@@ -103,3 +108,39 @@ def test_unsupported_vit_pytorch_class():
         timm_vitvariants.from_vit_pytorch(ref)
     with pytest.raises(TypeError, match='nn.Module'):
         timm_vitvariants.from_vit_pytorch({'state': 'dict'})
+
+
+def test_conv_bn_follows_its_batchnorm_s_mode():
+    """The BatchNorm is folded only where it uses running statistics: an eval model whose BatchNorms are set
+    back to train (BN adaptation) uses and updates batch statistics; frozen BatchNorms (timm's
+    freeze_batch_norm_2d) use their statistics in train mode too; without running statistics, batch ones."""
+    torch.manual_seed(0)
+    conv_bn = ConvBn(4, 6, 3)
+    conv_bn.bn.running_mean.normal_()
+    conv_bn.bn.running_var.uniform_(0.5, 2.)
+    conv_bn.bn.weight.data.normal_()
+    conv_bn.bn.bias.data.normal_()
+    x = torch.randn(2, 4, 8, 8)
+    bn = conv_bn.bn
+    with torch.no_grad():
+        z = conv_bn.conv(x)
+        running = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0., bn.eps)
+        batch = F.batch_norm(z, None, None, bn.weight, bn.bias, True, 0., bn.eps)
+
+        conv_bn.eval()
+        torch.testing.assert_close(conv_bn(x), running)  # folded
+        bn.train()  # BN adaptation in an eval model
+        mean_before = bn.running_mean.clone()
+        torch.testing.assert_close(conv_bn(x), batch)
+        assert not torch.equal(bn.running_mean, mean_before)  # and the statistics are updated
+
+        frozen = freeze_batch_norm_2d(copy.deepcopy(conv_bn).eval())
+        assert isinstance(frozen.bn, FrozenBatchNorm2d)
+        expected = F.batch_norm(z, frozen.bn.running_mean, frozen.bn.running_var, frozen.bn.weight,
+                                frozen.bn.bias, False, 0., frozen.bn.eps)
+        for mode in (False, True):
+            torch.testing.assert_close(frozen.train(mode)(x), expected)
+
+        conv_bn.bn = torch.nn.BatchNorm2d(6, track_running_stats=False)
+        conv_bn.eval()
+        torch.testing.assert_close(conv_bn(x), F.batch_norm(z, None, None, None, None, True, 0., 1e-5))

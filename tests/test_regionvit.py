@@ -190,6 +190,23 @@ def test_features_local_maps():
     assert model.feature_info.reduction() == [4, 8, 16, 32]
 
 
+@pytest.mark.parametrize('indices', [1, 2, 4])
+def test_pruned_intermediates_end_where_forward_features_ends(indices):
+    """After prune_intermediate_layers, forward_intermediates' final output is forward_features' output (the
+    last kept stage's local map, or the regional map when nothing is pruned) and the taps are unchanged."""
+    torch.manual_seed(0)
+    model = tiny().eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, intermediates_only=True)
+        model.prune_intermediate_layers(list(range(indices)))
+        final, taps = model.forward_intermediates(x, indices=list(range(indices)))
+        torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
+        for tap, expected in zip(taps, full):
+            torch.testing.assert_close(tap, expected, rtol=0, atol=0)
+    assert final.shape[1] == model.num_features
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(local_patch_size=8), 'local_patch_size'),
     (dict(num_heads=(1, 2)), 'num_heads'),

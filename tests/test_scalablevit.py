@@ -4,6 +4,7 @@ import torch
 
 import timm
 import timm_vitvariants
+from timm_vitvariants.layers import PosConv
 from timm_vitvariants.scalablevit import ScalableViT
 
 from parity import assert_parity, max_rel_error, randomize_
@@ -88,14 +89,14 @@ def test_variant_size(name, params_m, gmacs, paper):
 
 def test_named_variants_use_the_papers_options():
     model = timm.create_model('scalablevit_small', device='meta')
-    block = model.stages[2].blocks[0]
-    assert block.alternating
-    lim = block.iwsa.local_conv
+    ssa, iwsa = model.stages[2].blocks[0].attn, model.stages[2].blocks[1].attn  # a pair: SSA block, IWSA block
+    assert not model.stages[2].blocks[1].mlp_first  # alternating: IWSA, then its MLP
+    lim = iwsa.local_conv
     assert lim.groups == lim.in_channels == lim.out_channels == 8 * 32  # depthwise
-    assert block.iwsa.qkv.bias is not None and block.ssa.q.bias is not None and block.ssa.kv.bias is not None
-    assert [s.blocks[0].ssa.num_heads for s in model.stages] == [2, 4, 8, 16]  # heads per stage
-    assert [s.blocks[0].ssa.key_width for s in model.stages] == [80, 160, 320, 512]
-    assert [len(s.blocks) for s in model.stages] == [1, 1, 10, 1]
+    assert iwsa.qkv.bias is not None and ssa.q.bias is not None and ssa.kv.bias is not None
+    assert [s.blocks[0].attn.num_heads for s in model.stages] == [2, 4, 8, 16]  # heads per stage
+    assert [s.blocks[0].attn.key_width for s in model.stages] == [80, 160, 320, 512]
+    assert [len(s.blocks) for s in model.stages] == [2, 2, 20, 2]  # two blocks per pair
     # the reference's full 3x3 LIM would cost 8.45M more parameters in this size
     full = timm.create_model('scalablevit_small', device='meta', local_conv='full', qkv_bias=False)
     extra = sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters())
@@ -109,12 +110,16 @@ def test_block_order():
                             ('alternating', ['ssa', 'mlp1', 'pos_conv', 'iwsa', 'mlp2'])):
         model = tiny(block_order=order).eval()
         calls = []
-        block = model.stages[0].blocks[0]
-        for name in expected:
-            getattr(block, name).register_forward_hook(lambda *_, name=name: calls.append(name))
+        stage = model.stages[0]
+        modules = dict(ssa=stage.blocks[0].attn, mlp1=stage.blocks[0].mlp, pos_conv=stage.pos_conv,
+                       iwsa=stage.blocks[1].attn, mlp2=stage.blocks[1].mlp)
+        for name, module in modules.items():
+            module.register_forward_hook(lambda *_, name=name: calls.append(name))
         model(torch.randn(1, 3, 32, 32))
         assert calls == expected
-    assert model.stages[1].blocks[1].pos_conv is None  # a PEG in the first pair of a stage only
+    deeper = tiny(depths=(2, 1))
+    pegs = [m for n, m in deeper.named_modules() if isinstance(m, PosConv)]
+    assert len(pegs) == 2  # a PEG in the first pair of every stage only
     a, b = tiny(block_order='vit_pytorch').eval(), tiny(block_order='alternating').eval()
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 32, 32)
@@ -134,7 +139,7 @@ def test_padded_windows_match_unpadded_attention():
     """Windows larger than the map are padded with masked keys: the same as global attention."""
     windowed = tiny(window_size=16).eval()
     global_ = tiny(window_size=(None, None)).eval()  # create_model drops arguments that are None
-    assert global_.stages[0].blocks[0].iwsa.window_size is None
+    assert global_.stages[0].blocks[1].attn.window_size is None
     global_.load_state_dict(windowed.state_dict())
     x = torch.randn(2, 3, 40, 52)  # maps 10x13 and 5x7
     with torch.no_grad():
@@ -173,7 +178,7 @@ def test_no_dropout_by_default_and_real_drop_path():
     model = tiny().train()
     torch.testing.assert_close(model(x), model(x))  # deterministic in train mode: no hidden dropout
     model = tiny(drop_path_rate=0.5).train()
-    rates = [b.drop_path2.drop_prob for s in model.stages for b in s.blocks]
+    rates = [getattr(b.drop_path, 'drop_prob', 0.) for s in model.stages for b in s.blocks]
     assert rates == sorted(rates) and rates[-1] == pytest.approx(0.5)
     torch.manual_seed(0)
     a = model(x)
@@ -185,7 +190,7 @@ def test_no_dropout_by_default_and_real_drop_path():
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(num_heads=(1, 2, 3)), 'num_heads needs one value per stage'),
+    (dict(num_heads=(1, 2, 3)), 'num_heads needs one value or one per stage'),
     (dict(embed_dim=(16, 32, 64)), 'embed_dim needs one width per stage'),
     (dict(window_size=0), 'window_size must be positive integers or None'),
     (dict(reduction_factor=(None, 1)), 'reduction_factor must be positive integers'),

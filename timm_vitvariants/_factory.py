@@ -102,7 +102,9 @@ def build_variant(
     if verified is not None:
         verified.restore(model)
     if isinstance(model, model_cls):
-        # the constructor arguments that make this model, for config.json (timm's ``model_args``) and the cards
+        # every constructor argument that makes this model, the variant's own included, for the model cards and
+        # the converters' records (config.json's ``model_args`` comes from timm's ``_model_args``: what the
+        # caller passed to create_model)
         accepted = inspect.signature(model_cls.__init__).parameters
         model.model_args = {k: v for k, v in kwargs.items() if k in accepted and k not in ('device', 'dtype')}
     return model

@@ -1,6 +1,7 @@
-"""The timm model API for hierarchical (stem -> stages -> norm -> head) models, written once.
+"""The timm model API, written once: :class:`ModelBase` for every family, :class:`StageModel` for the
+hierarchical (stem -> stages -> norm -> head) ones.
 
-A family model subclasses :class:`StageModel` and builds ``input_check`` (a
+A hierarchical family model subclasses :class:`StageModel` and builds ``input_check`` (a
 :class:`~timm_vitvariants.layers.ImageCheck`), ``stem``, ``stages`` (an ``nn.Sequential`` of stage
 modules that each honour a ``grad_checkpointing`` flag), ``norm``, ``head`` (a timm
 ``ClassifierHead`` or ``NormMlpClassifierHead``) and ``feature_info``. Everything else --
@@ -8,7 +9,7 @@ modules that each honour a ``grad_checkpointing`` flag), ``norm``, ``head`` (a t
 ``reset_classifier``, ``group_matcher``, ``no_weight_decay``, ``set_grad_checkpointing`` -- comes
 from here and behaves as in timm's own model files.
 """
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 import torch
 from torch import nn
@@ -20,6 +21,26 @@ from .layers import init_model_weights
 
 # Parameters that should not be decayed, matched anywhere in a parameter's name.
 NO_WEIGHT_DECAY_KEYS = ('relative_position_bias_table', 'register_tokens', 'cls_token')
+
+T = TypeVar('T')
+
+
+def per_stage(value: Union[T, Sequence[T]], num_stages: int, name: str) -> Tuple[T, ...]:
+    """A value for every stage from one value or a per-stage sequence (vit-pytorch's ``cast_tuple``)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != num_stages:
+            raise ValueError(f'{name} needs one value or one per stage ({num_stages}), got {value}')
+        return tuple(value)
+    return (value,) * num_stages
+
+
+def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[int]:
+    """One width per stage: the first stage's, doubled per stage (vit-pytorch's ``dim``), or all of them."""
+    if isinstance(embed_dim, int):
+        return [embed_dim * 2 ** i for i in range(num_stages)]
+    if len(embed_dim) != num_stages:
+        raise ValueError(f'embed_dim needs one width per stage ({num_stages}), got {embed_dim}')
+    return list(embed_dim)
 
 
 def check_output_fmt(output_fmt: str) -> None:
@@ -33,22 +54,46 @@ def to_format(x: torch.Tensor, output_fmt: str) -> torch.Tensor:
     return x.permute(0, 2, 3, 1) if output_fmt == 'NHWC' else x
 
 
-class StageModel(nn.Module):
-    """Base class: the shared model API over ``stem``, ``stages``, ``norm`` and ``head``."""
-    # Whether the stem output is feature tap 0 (MaxViT: stride 2) or the stages alone are taps.
-    stem_is_feature: bool = False
+class ModelBase(nn.Module):
+    """What every family's model shares: weight init, weight-decay exclusions, the checkpointing flag
+    and ``forward`` = ``forward_head(forward_features(x))``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.grad_checkpointing = False
-
-    # --- timm API ---
 
     @torch.jit.ignore
     def init_weights(self) -> None:
         """Re-initializes every parameter and buffer, e.g. after ``create_model(..., device='meta')``
         and ``to_empty(device=...)``."""
         init_model_weights(self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {n for n, _ in self.named_parameters() if any(k in n for k in NO_WEIGHT_DECAY_KEYS)}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+class StageModel(ModelBase):
+    """Base class: the shared model API over ``stem``, ``stages``, ``norm`` and ``head``."""
+    # Whether the stem output is feature tap 0 (MaxViT: stride 2) or the stages alone are taps.
+    stem_is_feature: bool = False
+
+    # --- timm API ---
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -61,10 +106,6 @@ class StageModel(nn.Module):
                 (r'^norm', (99999,)),
             ],
         )
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {n for n, _ in self.named_parameters() if any(k in n for k in NO_WEIGHT_DECAY_KEYS)}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -167,8 +208,3 @@ class StageModel(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x

@@ -2,15 +2,18 @@
 
 Each family file registers a converter for the vit-pytorch class it mirrors. A converter reads the
 configuration from the instance (vit-pytorch keeps no config object), builds our model through
-``timm.create_model`` and loads the re-mapped weights strictly. vit-pytorch itself is never
-imported here: only instances the caller already has are inspected.
+``timm.create_model`` and copies the weights tensor by tensor into their new places (every tensor
+of our model is written; the parity tests check the outputs). vit-pytorch itself is never imported
+here: only instances the caller already has are inspected. The copy helpers that several converters
+need are below.
 """
 from typing import Callable, Dict
 
 import torch
 from torch import nn
 
-__all__ = ['from_vit_pytorch', 'register_converter', 'supported_classes', 'load_converted']
+__all__ = ['from_vit_pytorch', 'register_converter', 'supported_classes', 'copy_channel_norm', 'copy_conv1x1',
+           'copy_conv_mlp', 'copy_linear_mlp', 'copy_norm_linear_head']
 
 _CONVERTERS: Dict[str, Callable[[nn.Module], nn.Module]] = {}
 
@@ -48,11 +51,38 @@ def from_vit_pytorch(model: nn.Module) -> nn.Module:
     return converted.train(model.training)
 
 
-def load_converted(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Strictly loads a re-mapped state dict, naming the keys that did not line up."""
-    result = model.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f'converting {source} failed, the weights do not line up: missing {result.missing_keys}, '
-            f'unexpected {result.unexpected_keys}')
-    return model
+# --- copy helpers: vit-pytorch's channels-first layers into our channels-last ones -----------
+
+def copy_channel_norm(norm: nn.LayerNorm, ref_norm: nn.Module) -> None:
+    """vit-pytorch's channel LayerNorm (``g``, ``b`` of shape (1, C, 1, 1)) into an ``nn.LayerNorm(C)``."""
+    norm.weight.copy_(ref_norm.g.flatten())
+    norm.bias.copy_(ref_norm.b.flatten())
+
+
+def copy_conv1x1(linear: nn.Linear, *convs: nn.Conv2d) -> None:
+    """1x1 convs (out, in, 1, 1), concatenated along out, into one Linear (sum of outs, in)."""
+    linear.weight.copy_(torch.cat([conv.weight.flatten(1) for conv in convs]))
+    if linear.bias is not None:
+        linear.bias.copy_(torch.cat([conv.bias for conv in convs]))
+
+
+def copy_conv_mlp(norm: nn.LayerNorm, mlp: nn.Module, ref_ff: nn.Module) -> None:
+    """vit-pytorch's conv feed-forward (``net``: channel norm, 1x1 conv, GELU, dropout, 1x1 conv, ...)
+    into a pre-norm and a timm ``Mlp``."""
+    copy_channel_norm(norm, ref_ff.net[0])
+    copy_conv1x1(mlp.fc1, ref_ff.net[1])
+    copy_conv1x1(mlp.fc2, ref_ff.net[4])
+
+
+def copy_linear_mlp(norm: nn.Module, mlp: nn.Module, ref_ff: nn.Sequential) -> None:
+    """vit-pytorch's feed-forward ``Sequential(LayerNorm, Linear, act, Dropout, Linear, ...)`` into a pre-norm
+    and a timm ``Mlp`` (or ``GluMlp``: the same two Linears)."""
+    norm.load_state_dict(ref_ff[0].state_dict())
+    mlp.fc1.load_state_dict(ref_ff[1].state_dict())
+    mlp.fc2.load_state_dict(ref_ff[4].state_dict())
+
+
+def copy_norm_linear_head(model: nn.Module, ref_norm: nn.Module, ref_fc: nn.Linear) -> None:
+    """vit-pytorch's pool -> LayerNorm -> Linear head into timm's ``NormMlpClassifierHead``."""
+    model.head.norm.load_state_dict(ref_norm.state_dict())
+    model.get_classifier().load_state_dict(ref_fc.state_dict())

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import trunc_normal_, use_fused_attn
+from timm.layers import DropPath, Mlp, drop_path, trunc_normal_, use_fused_attn
 from timm.models import named_apply, register_notrace_function, register_notrace_module
 
 __all__ = [
-    'scaled_dot_attention', 'split_heads', 'merge_heads', 'WindowAttention', 'ReducedKVAttention', 'RelPosBias',
+    'scaled_dot_attention', 'split_heads', 'merge_heads', 'HeadsAttention', 'WindowAttention', 'ReducedKVAttention', 'RelPosBias',
     'PosConv',
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'pad_image_to_multiple',
-    'window_padding_mask',
+    'window_padding_mask', 'WindowDropPath', 'PreNormBlock',
     'ImageCheck', 'nearest_multiples', 'init_weights', 'init_model_weights',
 ]
 
@@ -120,10 +120,14 @@ class RelPosBias(nn.Module):
             index = F.pad(index, (p, 0, p, 0), value=(2 * wh - 1) * (2 * ww - 1))
         return index
 
+    def init_non_persistent_buffers(self) -> None:
+        """Rebuilds the index, which state dicts do not carry (timm's convention: after a meta build and
+        ``to_empty``, transformers' TimmWrapper calls this before loading weights)."""
+        self.relative_position_index.copy_(self._make_index(self.relative_position_index.device))
+
     def init_weights(self) -> None:
         trunc_normal_(self.relative_position_bias_table, std=.02)
-        # the index is not saved in state dicts: rebuild it (e.g. after a meta build and to_empty)
-        self.relative_position_index.copy_(self._make_index(self.relative_position_index.device))
+        self.init_non_persistent_buffers()
 
     def forward(self) -> torch.Tensor:
         """Returns the bias as (1, heads, N, N), N counting the prefix tokens."""
@@ -228,10 +232,114 @@ def window_padding_mask(
     return padded.transpose(1, 2).masked_fill(padded.transpose(1, 2) > 0, float('-inf'))
 
 
+# --- stochastic depth and the pre-norm residual block ---------------------------------------
+
+class WindowDropPath(nn.Module):
+    """Stochastic depth for window- or grid-partitioned tokens (B * groups, N, C): one keep/drop draw per
+    image, the same as DropPath on the merged (B, H, W, C) map (timm's maxxvit and swin), not per window.
+
+    The groups of one image must be consecutive, as :func:`window_partition` and :func:`grid_partition`
+    lay them out.
+    """
+
+    def __init__(self, drop_prob: float = 0., scale_by_keep: bool = True):
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x
+        per_image = x.reshape(batch_size, -1, x.shape[-1])  # (B, groups * N, C)
+        return drop_path(per_image, self.drop_prob, True, self.scale_by_keep).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:0.3f}'
+
+
+class PreNormBlock(nn.Module):
+    """x + attn(norm1(x)), then x + mlp(norm2(x)), on NHWC maps: the transformer block of Twins-SVT and
+    ScalableViT, around an attention module built by the family. ``mlp_first`` runs the MLP half first
+    (the order vit-pytorch's ScalableViT really runs its IWSA half in)."""
+
+    def __init__(
+            self,
+            dim: int,
+            attn: nn.Module,
+            mlp_ratio: float = 4.,
+            proj_drop: float = 0.,
+            drop_path: float = 0.,
+            mlp_first: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.mlp_first = mlp_first
+        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp_first:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            return x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
 # --- attention modules over NHWC maps ---------------------------------------------------------
 
+class HeadsAttention(nn.Module):
+    """What every attention module here shares: head widths, timm's fused-attention switch
+    (``use_fused_attn``), attention dropout and the output projection. Subclasses build their query,
+    key and value projections and call :meth:`attend` (or :meth:`attend_heads` on split heads)."""
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            head_dim: int,
+            value_dim: Optional[int] = None,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            proj_bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        value_dim = value_dim or head_dim
+        self.num_heads = num_heads
+        self.key_width = num_heads * head_dim
+        self.value_width = num_heads * value_dim
+        self.value_pad = head_dim - value_dim
+        self.fused_attn = use_fused_attn()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(self.value_width, dim, bias=proj_bias, device=device, dtype=dtype)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def attend_heads(
+            self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """q (B, heads, N, head_dim), k (B, heads, M, head_dim), v (B, heads, M, value_dim) -> (B, N, value_width)."""
+        out = scaled_dot_attention(
+            q, k, v, attn_bias, dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn,
+            value_pad=self.value_pad)
+        return merge_heads(out)
+
+    def attend(
+            self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """q (B, N, key_width), k (B, M, key_width), v (B, M, value_width) -> (B, N, value_width)."""
+        h = self.num_heads
+        return self.attend_heads(split_heads(q, h), split_heads(k, h), split_heads(v, h), attn_bias)
+
+
 @register_notrace_module  # FX leaf: pads by concrete sizes
-class WindowAttention(nn.Module):
+class WindowAttention(HeadsAttention):
     """Multi-head self-attention within non-overlapping windows of an NHWC map.
 
     Maps that do not divide into windows are zero-padded at the bottom and right and the padded
@@ -241,7 +349,6 @@ class WindowAttention(nn.Module):
     to a term added to the attention output before the projection (ScalableViT's local interactive
     module, CSWin's LePE).
     """
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -257,19 +364,11 @@ class WindowAttention(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.num_heads = num_heads
-        self.key_width = num_heads * head_dim
-        self.value_width = num_heads * (value_dim or head_dim)
-        self.value_pad = head_dim - (value_dim or head_dim)
+        super().__init__(dim, num_heads, head_dim, value_dim, attn_drop, proj_drop, **dd)
         self.window_size = window_size
-        self.fused_attn = use_fused_attn()
         self.qkv = nn.Linear(dim, 2 * self.key_width + self.value_width, bias=qkv_bias, **dd)
-        self.attn_drop = attn_drop
         self.local_conv = local_conv
-        self.proj = nn.Linear(self.value_width, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -285,24 +384,20 @@ class WindowAttention(nn.Module):
         mask = window_padding_mask((H, W), window, x.device, x.dtype)  # (nW, 1, N) or None
         if mask is not None:
             mask = mask.repeat(B, 1, 1).unsqueeze(1)  # (B * nW, 1, 1, N)
-        out = scaled_dot_attention(
-            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads), mask,
-            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn, value_pad=self.value_pad)
-        out = window_reverse(merge_heads(out), window, Hp, Wp)[:, :H, :W]  # (B, H, W, value_width)
+        out = window_reverse(self.attend(q, k, v, mask), window, Hp, Wp)[:, :H, :W]  # (B, H, W, value_width)
         if local is not None:
             out = out + local
         return self.proj_drop(self.proj(out))
 
 
 @register_notrace_module  # FX leaf: pads by concrete sizes
-class ReducedKVAttention(nn.Module):
+class ReducedKVAttention(HeadsAttention):
     """Global multi-head attention whose keys and values come from a kernel = stride = ``reduction``
     conv over the NHWC map (spatial-reduction attention: PVT, Twins' GSA, ScalableViT's SSA).
 
     Like those implementations the conv covers floor(H / r) x floor(W / r) cells; maps smaller
     than one cell are zero-padded to one, so every size >= 1 works.
     """
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -317,20 +412,12 @@ class ReducedKVAttention(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.num_heads = num_heads
-        self.key_width = num_heads * head_dim
-        self.value_width = num_heads * (value_dim or head_dim)
-        self.value_pad = head_dim - (value_dim or head_dim)
+        super().__init__(dim, num_heads, head_dim, value_dim, attn_drop, proj_drop, **dd)
         self.reduction = reduction
-        self.fused_attn = use_fused_attn()
         self.q = nn.Linear(dim, self.key_width, bias=qkv_bias, **dd)
         self.kv = nn.Conv2d(
             dim, self.key_width + self.value_width, reduction, stride=reduction, bias=qkv_bias, **dd)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(self.value_width, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -341,10 +428,7 @@ class ReducedKVAttention(nn.Module):
             x = F.pad(x, (0, max(r - W, 0), 0, max(r - H, 0)))
         kv = self.kv(x).flatten(2).transpose(1, 2)  # (B, H/r * W/r, key_width + value_width)
         k, v = kv.split([self.key_width, self.value_width], dim=-1)
-        out = scaled_dot_attention(
-            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
-            dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn, value_pad=self.value_pad)
-        out = merge_heads(out).reshape(B, H, W, self.value_width)
+        out = self.attend(q, k, v).reshape(B, H, W, self.value_width)
         return self.proj_drop(self.proj(out))
 
 

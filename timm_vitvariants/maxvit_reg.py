@@ -10,8 +10,9 @@ register tokens prepended to every window, then grid attention over dilated grid
 registers averaged across windows; registers are dropped at the end of the block.
 
 Differences from vit-pytorch:
-  * stochastic depth is real DropPath on every residual branch (the reference's ``Dropsample``
-    builds a 4-element tensor instead of a per-sample mask) and dropout defaults to 0 (the
+  * stochastic depth is real DropPath on every residual branch, one draw per image also where the
+    branch runs on windows or grid groups (the reference's ``Dropsample`` builds a 4-element tensor
+    instead of a per-sample mask) and dropout defaults to 0 (the
     reference silently uses 0.1); ``drop_rate``/``proj_drop_rate``/``attn_drop_rate`` map timm's
     usual arguments explicitly.
   * the MBConv convs that feed a BatchNorm carry no bias (it is folded into the BatchNorm's
@@ -30,15 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SqueezeExcite, use_fused_attn
+from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SqueezeExcite
 from timm.layers import calculate_drop_path_rates, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_module
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel
-from .convert import register_converter
+from .base import StageModel, stage_widths
+from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
-    ImageCheck, RelPosBias, grid_partition, grid_reverse, nearest_multiples, scaled_dot_attention,
+    HeadsAttention, ImageCheck, RelPosBias, WindowDropPath, grid_partition, grid_reverse, nearest_multiples,
     window_partition, window_reverse,
 )
 
@@ -46,8 +47,9 @@ __all__ = ['MaxViTReg']
 
 
 class ConvBn(nn.Module):
-    """Bias-free conv + BatchNorm. In eval the BatchNorm is folded into the conv's weight and bias
-    on the fly: scaling a small weight saves a full pass over the activation."""
+    """Bias-free conv + BatchNorm. Where the BatchNorm uses its running statistics (its own eval mode,
+    whatever the model's: BN adaptation sets BatchNorms back to train in an eval model) it is folded into
+    the conv's weight and bias on the fly: scaling a small weight saves a full pass over the activation."""
 
     def __init__(
             self,
@@ -69,7 +71,7 @@ class ConvBn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.bn.running_mean, self.bn.running_var
-        if self.training or mean is None or var is None:
+        if self.bn.training or mean is None or var is None:  # batch statistics (or no running ones)
             return self.bn(self.conv(x))
         scale = self.bn.weight * torch.rsqrt(var + self.bn.eps)  # (C,)
         weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
@@ -113,10 +115,9 @@ class MBConv(nn.Module):
         return x
 
 
-class RegisterAttention(nn.Module):
+class RegisterAttention(HeadsAttention):
     """Multi-head self-attention over one window (or grid group) with register tokens in front,
     plus a relative-position bias whose extra slot covers every pair involving a register."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -130,23 +131,14 @@ class RegisterAttention(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.num_heads = dim // head_dim
-        self.fused_attn = use_fused_attn()
+        super().__init__(dim, dim // head_dim, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, proj_bias=False, **dd)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.rel_pos = RelPosBias(window_size, self.num_heads, num_registers, prefix_bias=True, **dd)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim, bias=False, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape  # (windows, registers + window tokens, C)
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = scaled_dot_attention(
-            q, k, v, self.rel_pos(), dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (windows, registers + window tokens, C)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.proj_drop(self.proj(self.attend(q, k, v, self.rel_pos())))
 
 
 class MaxViTRegBlock(nn.Module):
@@ -183,7 +175,7 @@ class MaxViTRegBlock(nn.Module):
         self.norm2, self.block_mlp = nn.LayerNorm(dim, **dd), mlp()
         self.norm3, self.grid_attn = nn.LayerNorm(dim, **dd), attn()
         self.norm4, self.grid_mlp = nn.LayerNorm(dim, **dd), mlp()
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = WindowDropPath(drop_path)  # one draw per image, registers included
 
     def init_weights(self) -> None:
         trunc_normal_(self.register_tokens, std=.02)
@@ -197,8 +189,8 @@ class MaxViTRegBlock(nn.Module):
         # block attention: every window attends together with its own copy of the registers
         t = window_partition(x, self.window_size)  # (B * nW, wh * ww, C)
         t = torch.cat([self.register_tokens.expand(t.shape[0], -1, -1), t], dim=1)
-        t = t + self.drop_path(self.block_attn(self.norm1(t)))
-        t = t + self.drop_path(self.block_mlp(self.norm2(t)))
+        t = t + self.drop_path(self.block_attn(self.norm1(t)), B)
+        t = t + self.drop_path(self.block_mlp(self.norm2(t)), B)
         registers = t[:, :R].reshape(B, -1, R, C).mean(1)  # (B, R, C): averaged over windows
         x = window_reverse(t[:, R:], self.window_size, H, W)
 
@@ -206,9 +198,9 @@ class MaxViTRegBlock(nn.Module):
         t = grid_partition(x, self.window_size)  # (B * nG, gh * gw, C)
         registers = registers.unsqueeze(1).expand(-1, t.shape[0] // B, -1, -1).reshape(-1, R, C)
         t = torch.cat([registers, t], dim=1)
-        t = t + self.drop_path(self.grid_attn(self.norm3(t)))
+        t = t + self.drop_path(self.grid_attn(self.norm3(t)), B)
         t = t[:, R:]  # registers are discarded, the MLP sees the map tokens only
-        t = t + self.drop_path(self.grid_mlp(self.norm4(t)))
+        t = t + self.drop_path(self.grid_mlp(self.norm4(t)), B)
         x = grid_reverse(t, self.window_size, H, W)
         return x.permute(0, 3, 1, 2)
 
@@ -329,9 +321,7 @@ class MaxViTReg(StageModel):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         num_stages = len(depths)
-        dims = [embed_dim * 2 ** i for i in range(num_stages)] if isinstance(embed_dim, int) else list(embed_dim)
-        if len(dims) != num_stages:
-            raise ValueError(f'embed_dim needs one width per stage ({num_stages}), got {embed_dim}')
+        dims = stage_widths(embed_dim, num_stages)
         if any(d % head_dim for d in dims):
             raise ValueError(f'every stage width must be a multiple of head_dim={head_dim}, got {dims}')
         if num_registers < 1:
@@ -431,13 +421,9 @@ def _from_vit_pytorch(ref: nn.Module) -> MaxViTReg:
             attn.qkv.load_state_dict(ref_attn.to_qkv.state_dict())
             attn.rel_pos.relative_position_bias_table.copy_(ref_attn.rel_pos_bias.weight)
             attn.proj.load_state_dict(ref_attn.to_out[0].state_dict())
-        for norm, mlp, ref_ff in ((block.norm2, block.block_mlp, block_ff), (block.norm4, block.grid_mlp, grid_ff)):
-            norm.load_state_dict(ref_ff[0].state_dict())
-            mlp.fc1.load_state_dict(ref_ff[1].state_dict())
-            mlp.fc2.load_state_dict(ref_ff[4].state_dict())
-    model.head.norm.load_state_dict(ref.mlp_head[1].state_dict())
-    model.get_classifier().load_state_dict(ref.mlp_head[2].state_dict())
-    model.model_args = config
+        copy_linear_mlp(block.norm2, block.block_mlp, block_ff)
+        copy_linear_mlp(block.norm4, block.grid_mlp, grid_ff)
+    copy_norm_linear_head(model, ref.mlp_head[1], ref.mlp_head[2])
     return model
 
 

@@ -41,15 +41,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, use_fused_attn
+from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead
 from timm.layers import calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
 from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, check_output_fmt, to_format
-from .convert import register_converter
-from .layers import ImageCheck, PosConv, RelPosBias, merge_heads, scaled_dot_attention, split_heads
+from .base import StageModel, check_output_fmt, per_stage, to_format
+from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
+from .layers import HeadsAttention, ImageCheck, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, window_partition, window_reverse
 
 __all__ = ['RegionViT']
@@ -57,16 +57,8 @@ __all__ = ['RegionViT']
 LOCAL_STRIDE = 4  # both local tokenizers reduce by 4 (vit-pytorch fixes it whatever local_patch_size says)
 
 
-def _per_stage(value: Union[int, Tuple[int, ...]], num_stages: int, name: str) -> Tuple[int, ...]:
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
-    if len(values) != num_stages:
-        raise ValueError(f'{name} needs one value or one per stage ({num_stages}), got {value}')
-    return values
-
-
-class R2LAttention(nn.Module):
+class R2LAttention(HeadsAttention):
     """Pre-norm multi-head attention over (B, N, C) tokens with an optional additive bias."""
-    fused_attn: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -79,22 +71,14 @@ class R2LAttention(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.num_heads = num_heads
-        self.fused_attn = use_fused_attn()
+        super().__init__(dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.norm = nn.LayerNorm(dim, **dd)
         self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **dd)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(num_heads * head_dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)  # each (B, N, heads * head_dim)
-        out = scaled_dot_attention(
-            split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads),
-            attn_bias, dropout_p=self.attn_drop if self.training else 0., fused=self.fused_attn)
-        return self.proj_drop(self.proj(merge_heads(out)))
+        return self.proj_drop(self.proj(self.attend(q, k, v, attn_bias)))
 
 
 class R2LBlock(nn.Module):
@@ -120,9 +104,9 @@ class R2LBlock(nn.Module):
         self.attn = R2LAttention(dim, num_heads, head_dim, qkv_bias, attn_drop, proj_drop, **dd)
         self.norm = nn.LayerNorm(dim, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.drop_path3 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()  # regional tokens (B, N, C)
+        self.drop_path2 = WindowDropPath(drop_path)  # windows: one draw per image, as the regional branch
+        self.drop_path3 = WindowDropPath(drop_path)
 
     def forward(
             self, local_tokens: torch.Tensor, region_tokens: torch.Tensor, local_bias: torch.Tensor,
@@ -134,8 +118,8 @@ class R2LBlock(nn.Module):
         regions = regions + self.drop_path1(self.attn(regions))
         # every window with its regional token in front: (B * rh * rw, 1 + window ** 2, C)
         tokens = torch.cat((regions.reshape(B * rh * rw, 1, C), window_partition(local_tokens, window)), dim=1)
-        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias))
-        tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)))
+        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias), B)
+        tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)), B)
         local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
         region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
         return local_tokens, region_tokens
@@ -380,9 +364,9 @@ class RegionViT(StageModel):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         num_stages = len(depths)
-        dims = _per_stage(embed_dim, num_stages, 'embed_dim')
-        heads = _per_stage(num_heads, num_stages, 'num_heads')
-        head_dims = _per_stage(head_dim, num_stages, 'head_dim')
+        dims = per_stage(embed_dim, num_stages, 'embed_dim')
+        heads = per_stage(num_heads, num_stages, 'num_heads')
+        head_dims = per_stage(head_dim, num_stages, 'head_dim')
         if local_patch_size != LOCAL_STRIDE:
             raise ValueError(f'local_patch_size must be {LOCAL_STRIDE} (the local tokenizers\' stride), '
                              f'got {local_patch_size}')
@@ -429,7 +413,8 @@ class RegionViT(StageModel):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Local-token maps of the stages (padding cropped) as intermediates; the final output is the regional map."""
+        """Local-token maps of the stages (padding cropped) as intermediates; the final output is what
+        ``forward_features`` returns: the regional map, or the last kept local map once pruned."""
         check_output_fmt(output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[torch.Tensor] = []
@@ -446,7 +431,7 @@ class RegionViT(StageModel):
                 intermediates.append(to_format(tokens[0].permute(0, 3, 1, 2), output_fmt))
         if intermediates_only:
             return intermediates
-        return self.norm(tokens[1].permute(0, 3, 1, 2)), intermediates
+        return self._features_out(tokens), intermediates
 
     @torch.jit.ignore
     def prune_intermediate_layers(
@@ -464,7 +449,10 @@ class RegionViT(StageModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_check(x)
         even_split = splits_evenly(x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
-        local_tokens, region_tokens = self.stages(self.stem(x), even_split)
+        return self._features_out(self.stages(self.stem(x), even_split))
+
+    def _features_out(self, tokens: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        local_tokens, region_tokens = tokens
         if self.local_features:  # pruned: (B, C, ceil(H / stride), ceil(W / stride))
             return self.norm(local_tokens.permute(0, 3, 1, 2))
         return self.norm(region_tokens.permute(0, 3, 1, 2))  # (B, C, ceil(H / 224), ceil(W / 224)) at the defaults
@@ -523,12 +511,8 @@ def _from_vit_pytorch(ref: nn.Module) -> RegionViT:
             block.attn.norm.load_state_dict(attn.norm.state_dict())
             block.attn.qkv.weight.copy_(attn.to_qkv.weight)
             block.attn.proj.load_state_dict(attn.to_out[0].state_dict())
-            block.norm.load_state_dict(ff[0].state_dict())
-            block.mlp.fc1.load_state_dict(ff[1].state_dict())
-            block.mlp.fc2.load_state_dict(ff[4].state_dict())
-    model.head.norm.load_state_dict(ref.to_logits[1].state_dict())
-    model.get_classifier().load_state_dict(ref.to_logits[2].state_dict())
-    model.model_args = config
+            copy_linear_mlp(block.norm, block.mlp, ff)
+    copy_norm_linear_head(model, ref.to_logits[1], ref.to_logits[2])
     return model
 
 

@@ -30,15 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm
-from timm.layers import DropPath, GluMlp, Mlp, trunc_normal_
+from timm.layers import DropPath, GluMlp, Mlp, calculate_drop_path_rates, trunc_normal_
 from timm.models import generate_default_cfgs, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import check_output_fmt
-from .convert import register_converter
-from .layers import ImageCheck, init_model_weights, merge_heads, scaled_dot_attention, split_heads
+from .base import ModelBase, check_output_fmt
+from .convert import copy_linear_mlp, register_converter
+from .layers import HeadsAttention, ImageCheck, split_heads
 
 __all__ = ['RvT']
 
@@ -118,22 +118,18 @@ class ConvQuery(nn.Module):
         return torch.cat([self.cls_proj(cls_token), self.pointwise(patches)], dim=1)
 
 
-class RotaryAttention(nn.Module):
+class RotaryAttention(HeadsAttention):
     def __init__(
             self, dim: int, num_heads: int, head_dim: int, use_rotary: bool = True, use_ds_conv: bool = True,
             query_kernel_size: int = 5, attn_drop: float = 0., proj_drop: float = 0., device=None, dtype=None,
     ):
-        super().__init__()
         dd = dict(device=device, dtype=dtype)
+        super().__init__(dim, num_heads, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         inner_dim = num_heads * head_dim
-        self.num_heads = num_heads
         self.use_rotary = use_rotary
-        self.attn_drop = attn_drop
         self.query = ConvQuery(dim, inner_dim, query_kernel_size, **dd) if use_ds_conv else None
         # keys and values (plus the queries when they are not from the conv) in one matmul
         self.qkv = nn.Linear(dim, inner_dim * (2 if use_ds_conv else 3), bias=False, **dd)
-        self.proj = nn.Linear(inner_dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         projected = self.qkv(x)
@@ -145,8 +141,7 @@ class RotaryAttention(nn.Module):
         q, k, v = split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
         if self.use_rotary:  # the class token has no position: its rotation is 1
             q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
-        out = scaled_dot_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
-        return self.proj_drop(self.proj(merge_heads(out)))  # (B, N, C)
+        return self.proj_drop(self.proj(self.attend_heads(q, k, v)))  # (B, N, C)
 
 
 class RvTBlock(nn.Module):
@@ -172,7 +167,7 @@ class RvTBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class RvT(nn.Module):
+class RvT(ModelBase):
     """Rotary Vision Transformer. Input: (B, in_chans, H, W) with H, W multiples of ``patch_size``."""
 
     def __init__(
@@ -216,13 +211,12 @@ class RvT(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
-        self.grad_checkpointing = False
 
         self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=patch_size)
         # == vit-pytorch's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' + Linear, as one strided conv
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
-        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, no tensor (meta)
+        drop_rates = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             RvTBlock(embed_dim, num_heads, head_dim, mlp_hidden_dim, use_rotary, use_ds_conv, use_glu,
                      query_kernel_size, proj_drop_rate, attn_drop_rate, drop_rates[i], **dd)
@@ -234,24 +228,17 @@ class RvT(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
+    @torch.jit.ignore
     @torch.no_grad()
     def init_weights(self) -> None:
-        init_model_weights(self)
+        super().init_weights()
         trunc_normal_(self.cls_token, std=.02)
 
-    # --- timm model API -----------------------------------------------------------------------
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'cls_token'}
+    # --- timm model API (init, no_weight_decay, set_grad_checkpointing, forward: ModelBase) -------
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^cls_token|^patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -290,9 +277,6 @@ class RvT(nn.Module):
             x = x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
             self,
@@ -392,12 +376,9 @@ def _from_vit_pytorch(ref: nn.Module) -> RvT:
         else:
             block.attn.qkv.weight.copy_(torch.cat([ref_attn.to_q.weight, ref_attn.to_kv.weight], dim=0))
         block.attn.proj.load_state_dict(ref_attn.to_out[0].state_dict())
-        block.norm2.load_state_dict(ref_ff.net[0].state_dict())
-        block.mlp.fc1.load_state_dict(ref_ff.net[1].state_dict())
-        block.mlp.fc2.load_state_dict(ref_ff.net[4].state_dict())
+        copy_linear_mlp(block.norm2, block.mlp, ref_ff.net)
     model.norm.load_state_dict(ref.mlp_head[0].state_dict())
     model.head.load_state_dict(ref.mlp_head[1].state_dict())
-    model.model_args = config
     return model
 
 

@@ -42,99 +42,66 @@ key width for the fused CPU attention kernel; the last 0.06 / 0.19 are untraced 
 conventions). vit-pytorch's full LIM without bias would give 39.0M / 5.97 and 108.9M / 12.30.
 """
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 import timm
-from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, calculate_drop_path_rates
+from timm.layers import LayerNorm2d, NormMlpClassifierHead, calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel
-from .convert import register_converter
-from .layers import ImageCheck, PosConv, ReducedKVAttention, WindowAttention
+from .base import StageModel, per_stage, stage_widths
+from .convert import copy_channel_norm, copy_conv1x1, copy_conv_mlp, copy_norm_linear_head, register_converter
+from .layers import ImageCheck, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention
 
 __all__ = ['ScalableViT']
 
-T = TypeVar('T')
 BLOCK_ORDERS = ('vit_pytorch', 'alternating')
 LOCAL_CONVS = ('full', 'depthwise')
 
 
-class ScalableViTBlock(nn.Module):
-    """One pair: SSA + MLP, the optional PEG, then IWSA + MLP (or MLP + IWSA, vit-pytorch's order)."""
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            ssa_key_dim: int = 32,
-            ssa_value_dim: int = 32,
-            reduction_factor: int = 1,
-            iwsa_key_dim: int = 32,
-            iwsa_value_dim: int = 32,
-            window_size: Optional[int] = 7,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = False,
-            local_conv: str = 'full',
-            pos_conv: bool = False,
-            alternating: bool = False,
-            proj_drop: float = 0.,
-            attn_drop: float = 0.,
-            drop_path: Tuple[float, float] = (0., 0.),
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        norm = partial(nn.LayerNorm, dim, eps=1e-5, **dd)
-        mlp = partial(Mlp, dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
-        self.alternating = alternating
-
-        self.norm_ssa = norm()
-        self.ssa = ReducedKVAttention(
-            dim, num_heads, ssa_key_dim, reduction_factor, ssa_value_dim, qkv_bias, attn_drop, proj_drop, **dd)
-        self.norm_mlp1, self.mlp1 = norm(), mlp()
-        self.drop_path1 = DropPath(drop_path[0]) if drop_path[0] > 0. else nn.Identity()
-        self.pos_conv = PosConv(dim, **dd) if pos_conv else None
-
-        value_width = num_heads * iwsa_value_dim
-        lim = nn.Conv2d(
-            value_width, value_width, 3, padding=1, groups=value_width if local_conv == 'depthwise' else 1, **dd)
-        self.norm_iwsa = norm()
-        self.iwsa = WindowAttention(
-            dim, num_heads, iwsa_key_dim, window_size, iwsa_value_dim, qkv_bias, attn_drop, proj_drop,
-            local_conv=lim, **dd)
-        self.norm_mlp2, self.mlp2 = norm(), mlp()
-        self.drop_path2 = DropPath(drop_path[1]) if drop_path[1] > 0. else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
-        return self.forward_iwsa(self.forward_ssa(x))
-
-    def forward_ssa(self, x: torch.Tensor) -> torch.Tensor:
-        """SSA + MLP (+ PEG): the first half, a checkpoint segment of its own."""
-        x = x + self.drop_path1(self.ssa(self.norm_ssa(x)))
-        x = x + self.drop_path1(self.mlp1(self.norm_mlp1(x)))
-        if self.pos_conv is not None:
-            x = self.pos_conv(x)
-        return x
-
-    def forward_iwsa(self, x: torch.Tensor) -> torch.Tensor:
-        """IWSA + MLP (or MLP + IWSA): the second half."""
-        if self.alternating:
-            x = x + self.drop_path2(self.iwsa(self.norm_iwsa(x)))
-            x = x + self.drop_path2(self.mlp2(self.norm_mlp2(x)))
-        else:
-            x = x + self.drop_path2(self.mlp2(self.norm_mlp2(x)))
-            x = x + self.drop_path2(self.iwsa(self.norm_iwsa(x)))
-        return x
+def _pair(
+        dim: int,
+        num_heads: int,
+        ssa_key_dim: int = 32,
+        ssa_value_dim: int = 32,
+        reduction_factor: int = 1,
+        iwsa_key_dim: int = 32,
+        iwsa_value_dim: int = 32,
+        window_size: Optional[int] = 7,
+        mlp_ratio: float = 4.,
+        qkv_bias: bool = False,
+        local_conv: str = 'full',
+        alternating: bool = False,
+        proj_drop: float = 0.,
+        attn_drop: float = 0.,
+        drop_path: Tuple[float, float] = (0., 0.),
+        device=None,
+        dtype=None,
+) -> List[nn.Module]:
+    """One pair as two blocks: SSA + MLP, then IWSA + MLP (MLP + IWSA in vit-pytorch's order)."""
+    dd = {'device': device, 'dtype': dtype}
+    ssa = ReducedKVAttention(
+        dim, num_heads, ssa_key_dim, reduction_factor, ssa_value_dim, qkv_bias, attn_drop, proj_drop, **dd)
+    value_width = num_heads * iwsa_value_dim
+    lim = nn.Conv2d(  # the local interactive module over the values
+        value_width, value_width, 3, padding=1, groups=value_width if local_conv == 'depthwise' else 1, **dd)
+    iwsa = WindowAttention(
+        dim, num_heads, iwsa_key_dim, window_size, iwsa_value_dim, qkv_bias, attn_drop, proj_drop,
+        local_conv=lim, **dd)
+    block = partial(PreNormBlock, dim, mlp_ratio=mlp_ratio, proj_drop=proj_drop, **dd)
+    return [block(ssa, drop_path=drop_path[0]), block(iwsa, drop_path=drop_path[1], mlp_first=not alternating)]
 
 
 class ScalableViTStage(nn.Module):
-    """Optional 3x3 stride-2 downsampling conv -> block pairs (the first with a PEG) -> optional LayerNorm.
-    Takes and returns NCHW views of channels-last memory; the blocks see free NHWC views of it."""
+    """Optional 3x3 stride-2 downsampling conv -> block pairs, the PEG after the first pair's SSA block ->
+    optional LayerNorm. Takes and returns NCHW views of channels-last memory; the blocks see free NHWC views.
+
+    A pair is two blocks of ``blocks`` (SSA, IWSA), checkpointed one at a time: that halves the activations
+    a recompute holds at once (scalablevit_tiny, batch 32: -53% peak training memory instead of -37%).
+    """
 
     def __init__(
             self,
@@ -146,30 +113,29 @@ class ScalableViTStage(nn.Module):
             drop_path: Sequence[float],
             device=None,
             dtype=None,
-            **block_kwargs: Any,
+            **pair_kwargs: Any,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
         self.downsample = nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, **dd) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            ScalableViTBlock(
-                dim, pos_conv=i == 0, drop_path=(drop_path[2 * i], drop_path[2 * i + 1]), **dd, **block_kwargs)
-            for i in range(depth)
-        ])
+        blocks: List[nn.Module] = []
+        for i in range(depth):
+            blocks += _pair(dim, drop_path=(drop_path[2 * i], drop_path[2 * i + 1]), **dd, **pair_kwargs)
+        self.blocks = nn.Sequential(*blocks)
+        self.pos_conv = PosConv(dim, **dd) if depth else None
         self.norm = nn.LayerNorm(dim, eps=1e-5, **dd) if final_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                # a pair is two transformer blocks: checkpointing each half halves the activations the
-                # recompute holds at once (scalablevit_tiny, batch 32: -53% peak training memory instead of -37%)
-                x = checkpoint(block.forward_ssa, x)
-                x = checkpoint(block.forward_iwsa, x)
+                x = checkpoint(block, x)
             else:
                 x = block(x)
+            if i == 0 and self.pos_conv is not None:
+                x = self.pos_conv(x)
         x = self.norm(x)
         return x.permute(0, 3, 1, 2)  # (B, C, H, W)
 
@@ -184,15 +150,6 @@ class Stem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last from here on: the NHWC token views the blocks need are then free
         return self.conv(x.contiguous(memory_format=torch.channels_last))
-
-
-def _per_stage(value: Union[T, Sequence[T]], num_stages: int, name: str) -> List[T]:
-    """A value for every stage from one value or a per-stage sequence (vit-pytorch's ``cast_tuple``)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != num_stages:
-            raise ValueError(f'{name} needs one value per stage ({num_stages}), got {value}')
-        return list(value)
-    return [value] * num_stages
 
 
 class ScalableViT(StageModel):
@@ -252,19 +209,17 @@ class ScalableViT(StageModel):
         num_stages = len(depths)
         if num_stages < 1 or any(d < 0 for d in depths):
             raise ValueError(f'depths needs a non-negative number of block pairs per stage, got {depths}')
-        dims = [embed_dim * 2 ** i for i in range(num_stages)] if isinstance(embed_dim, int) else list(embed_dim)
-        if len(dims) != num_stages:
-            raise ValueError(f'embed_dim needs one width per stage ({num_stages}), got {embed_dim}')
-        stage = partial(_per_stage, num_stages=num_stages)
+        dims = stage_widths(embed_dim, num_stages)
+        stage = partial(per_stage, num_stages=num_stages)
         heads = stage(num_heads, name='num_heads')
         reductions = stage(reduction_factor, name='reduction_factor')
         windows = stage(window_size, name='window_size')
-        per_stage = dict(
+        stage_args = dict(
             num_heads=heads, ssa_key_dim=stage(ssa_key_dim, name='ssa_key_dim'),
             ssa_value_dim=stage(ssa_value_dim, name='ssa_value_dim'), reduction_factor=reductions,
             iwsa_key_dim=stage(iwsa_key_dim, name='iwsa_key_dim'),
             iwsa_value_dim=stage(iwsa_value_dim, name='iwsa_value_dim'), window_size=windows)
-        for name, values in per_stage.items():
+        for name, values in stage_args.items():
             if any(v is not None and v < 1 for v in values) or (name != 'window_size' and None in values):
                 allowed = 'positive integers or None' if name == 'window_size' else 'positive integers'
                 raise ValueError(f'{name} must be {allowed}, got {values}')
@@ -291,7 +246,7 @@ class ScalableViT(StageModel):
                 in_chs, dim, depth, downsample=i > 0, final_norm=i < num_stages - 1,
                 drop_path=dpr[first:first + 2 * depth], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 local_conv=local_conv, alternating=block_order == 'alternating', proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate, **{k: v[i] for k, v in per_stage.items()}, **dd))
+                attn_drop=attn_drop_rate, **{k: v[i] for k, v in stage_args.items()}, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=4 << i, module=f'stages.{i}'))
             in_chs, first = dim, first + 2 * depth
         self.stages = nn.Sequential(*stages)
@@ -335,24 +290,6 @@ def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
     )
 
 
-def _linear_from_conv(*convs: nn.Conv2d) -> torch.Tensor:
-    """1x1 conv weights (out, in, 1, 1), concatenated along out -> a Linear weight (out, in)."""
-    return torch.cat([conv.weight.flatten(1) for conv in convs])
-
-
-def _load_norm(norm: nn.LayerNorm, ref_norm: nn.Module) -> None:
-    norm.weight.copy_(ref_norm.g.flatten())
-    norm.bias.copy_(ref_norm.b.flatten())
-
-
-def _load_mlp(norm: nn.LayerNorm, mlp: Mlp, ref_ff: nn.Module) -> None:
-    _load_norm(norm, ref_ff.net[0])
-    mlp.fc1.weight.copy_(_linear_from_conv(ref_ff.net[1]))
-    mlp.fc1.bias.copy_(ref_ff.net[1].bias)
-    mlp.fc2.weight.copy_(_linear_from_conv(ref_ff.net[4]))
-    mlp.fc2.bias.copy_(ref_ff.net[4].bias)
-
-
 @register_converter('vit_pytorch.scalable_vit.ScalableViT')
 @torch.no_grad()
 def _from_vit_pytorch(ref: nn.Module) -> ScalableViT:
@@ -363,25 +300,22 @@ def _from_vit_pytorch(ref: nn.Module) -> ScalableViT:
         if i > 0:
             stage.downsample.load_state_dict(ref.layers[i - 1][1].conv.state_dict())
         if isinstance(stage.norm, nn.LayerNorm):
-            _load_norm(stage.norm, transformer.norm)
-        for block, (ssa, ff1, peg, ff2, iwsa) in zip(stage.blocks, transformer.layers):
-            _load_norm(block.norm_ssa, ssa.norm)
-            block.ssa.q.weight.copy_(_linear_from_conv(ssa.to_q))
-            block.ssa.kv.weight.copy_(torch.cat([ssa.to_k.weight, ssa.to_v.weight]))
-            block.ssa.proj.weight.copy_(_linear_from_conv(ssa.to_out[0]))
-            block.ssa.proj.bias.copy_(ssa.to_out[0].bias)
-            _load_mlp(block.norm_mlp1, block.mlp1, ff1)
+            copy_channel_norm(stage.norm, transformer.norm)
+        for i, (ssa, ff1, peg, ff2, iwsa) in enumerate(transformer.layers):
+            ssa_block, iwsa_block = stage.blocks[2 * i], stage.blocks[2 * i + 1]
+            copy_channel_norm(ssa_block.norm1, ssa.norm)
+            copy_conv1x1(ssa_block.attn.q, ssa.to_q)
+            ssa_block.attn.kv.weight.copy_(torch.cat([ssa.to_k.weight, ssa.to_v.weight]))
+            copy_conv1x1(ssa_block.attn.proj, ssa.to_out[0])
+            copy_conv_mlp(ssa_block.norm2, ssa_block.mlp, ff1)
             if peg is not None:
-                block.pos_conv.proj.load_state_dict(peg.proj.state_dict())
-            _load_mlp(block.norm_mlp2, block.mlp2, ff2)
-            _load_norm(block.norm_iwsa, iwsa.norm)
-            block.iwsa.qkv.weight.copy_(_linear_from_conv(iwsa.to_q, iwsa.to_k, iwsa.to_v))
-            block.iwsa.local_conv.load_state_dict(iwsa.local_interactive_module.state_dict())
-            block.iwsa.proj.weight.copy_(_linear_from_conv(iwsa.to_out[0]))
-            block.iwsa.proj.bias.copy_(iwsa.to_out[0].bias)
-    model.head.norm.load_state_dict(ref.mlp_head[1].state_dict())
-    model.get_classifier().load_state_dict(ref.mlp_head[2].state_dict())
-    model.model_args = config
+                stage.pos_conv.proj.load_state_dict(peg.proj.state_dict())
+            copy_conv_mlp(iwsa_block.norm2, iwsa_block.mlp, ff2)
+            copy_channel_norm(iwsa_block.norm1, iwsa.norm)
+            copy_conv1x1(iwsa_block.attn.qkv, iwsa.to_q, iwsa.to_k, iwsa.to_v)
+            iwsa_block.attn.local_conv.load_state_dict(iwsa.local_interactive_module.state_dict())
+            copy_conv1x1(iwsa_block.attn.proj, iwsa.to_out[0])
+    copy_norm_linear_head(model, ref.mlp_head[1], ref.mlp_head[2])
     return model
 
 

@@ -41,14 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
+from timm.layers import ClassifierHead, calculate_drop_path_rates
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models._manipulate import adapt_input_conv
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel
-from .convert import register_converter
-from .layers import ImageCheck, PosConv, ReducedKVAttention, WindowAttention, pad_image_to_multiple
+from .base import StageModel, per_stage
+from .convert import copy_channel_norm, copy_conv1x1, copy_conv_mlp, register_converter
+from .layers import ImageCheck, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention, pad_image_to_multiple
 
 __all__ = ['TwinsSVT']
 
@@ -74,43 +74,6 @@ class PatchEmbed(nn.Module):
         return self.norm_out(self.proj(self.norm_in(x)))
 
 
-class TwinsBlock(nn.Module):
-    """Pre-norm attention (local windows or reduced-key/value global) + pre-norm MLP, NHWC."""
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            head_dim: int,
-            window_size: Optional[int],
-            global_k: int,
-            mlp_ratio: float = 4.,
-            proj_drop: float = 0.,
-            attn_drop: float = 0.,
-            drop_path: float = 0.,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        self.norm1 = nn.LayerNorm(dim, **dd)
-        if window_size is not None:  # locally-grouped self-attention
-            self.attn = WindowAttention(
-                dim, num_heads, head_dim, window_size, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        else:  # global sub-sampled attention
-            self.attn = ReducedKVAttention(
-                dim, num_heads, head_dim, global_k, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x
-
-
 class TwinsStage(nn.Module):
     """Patch embedding, then ``depth`` units with the PEG after the first; NCHW in and out."""
 
@@ -127,9 +90,11 @@ class TwinsStage(nn.Module):
             head_dim: int,
             pos_kernel_size: int,
             drop_path: List[float],
+            mlp_ratio: float = 4.,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
             device=None,
             dtype=None,
-            **block_kwargs: Any,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -139,9 +104,14 @@ class TwinsStage(nn.Module):
         blocks: List[nn.Module] = []
         for unit in range(depth):
             for kind in kinds:
-                blocks.append(TwinsBlock(
-                    dim, num_heads, head_dim, kind, global_k, drop_path=drop_path[len(blocks)],
-                    **block_kwargs, **dd))
+                if kind is not None:  # locally-grouped self-attention
+                    attn = WindowAttention(
+                        dim, num_heads, head_dim, kind, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+                else:  # global sub-sampled attention
+                    attn = ReducedKVAttention(
+                        dim, num_heads, head_dim, global_k, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+                blocks.append(PreNormBlock(
+                    dim, attn, mlp_ratio, proj_drop, drop_path=drop_path[len(blocks)], **dd))
         self.pos_block = PosConv(dim, pos_kernel_size, **dd)
         self.first_unit = len(kinds)  # the PEG follows the first unit's blocks
         self.blocks = nn.Sequential(*blocks)
@@ -156,13 +126,6 @@ class TwinsStage(nn.Module):
             if i == self.first_unit - 1:
                 x = self.pos_block(x)
         return x.permute(0, 3, 1, 2)  # (B, dim, H, W), channels-last in memory
-
-
-def _per_stage(value: IntOrTuple, num_stages: int, name: str) -> Tuple[int, ...]:
-    values = (value,) * num_stages if isinstance(value, int) else tuple(value)
-    if len(values) != num_stages:
-        raise ValueError(f'{name} needs one value per stage ({num_stages}), got {value}')
-    return values
 
 
 class TwinsSVT(StageModel):
@@ -215,11 +178,11 @@ class TwinsSVT(StageModel):
             raise ValueError(f'embed_dims and depths need one value per stage, got {embed_dims} and {depths}')
         if any(d < 1 for d in depths):
             raise ValueError(f'every stage needs at least one unit (depths >= 1), got {depths}')
-        heads = _per_stage(num_heads, num_stages, 'num_heads')
-        head_dims = _per_stage(head_dim, num_stages, 'head_dim')
-        patches = _per_stage(patch_sizes, num_stages, 'patch_sizes')
-        windows = _per_stage(window_size, num_stages, 'window_size')
-        reductions = _per_stage(global_k, num_stages, 'global_k')
+        heads = per_stage(num_heads, num_stages, 'num_heads')
+        head_dims = per_stage(head_dim, num_stages, 'head_dim')
+        patches = per_stage(patch_sizes, num_stages, 'patch_sizes')
+        windows = per_stage(window_size, num_stages, 'window_size')
+        reductions = per_stage(global_k, num_stages, 'global_k')
         for name, values in (('num_heads', heads), ('head_dim', head_dims), ('patch_sizes', patches),
                              ('window_size', windows), ('global_k', reductions)):
             if any(v < 1 for v in values):
@@ -294,51 +257,33 @@ def _config_from_vit_pytorch(ref: nn.Module) -> Dict[str, Any]:
     )
 
 
-def _linear_from_conv1x1(linear: nn.Linear, conv: nn.Conv2d) -> None:
-    linear.weight.copy_(conv.weight.flatten(1))
-    if conv.bias is not None:
-        linear.bias.copy_(conv.bias)
-
-
-def _norm_from_channel_norm(norm: nn.LayerNorm, ref_norm: nn.Module) -> None:
-    norm.weight.copy_(ref_norm.g.flatten())
-    norm.bias.copy_(ref_norm.b.flatten())
-
-
-def _load_mlp(norm: nn.LayerNorm, mlp: Mlp, ref_ff: nn.Module) -> None:
-    _norm_from_channel_norm(norm, ref_ff.net[0])
-    _linear_from_conv1x1(mlp.fc1, ref_ff.net[1])
-    _linear_from_conv1x1(mlp.fc2, ref_ff.net[4])
-
-
 @register_converter('vit_pytorch.twins_svt.TwinsSVT')
 @torch.no_grad()
 def _from_vit_pytorch(ref: nn.Module) -> TwinsSVT:
     config = _config_from_vit_pytorch(ref)
     model = timm.create_model('twinssvt_tiny', **config)
     for stage, (embed, first, peg, rest) in zip(model.stages, list(ref.layers)[:-3]):
-        _norm_from_channel_norm(stage.downsample.norm_in, embed.proj[0])
-        _linear_from_conv1x1(stage.downsample.proj, embed.proj[1])
-        _norm_from_channel_norm(stage.downsample.norm_out, embed.proj[2])
+        copy_channel_norm(stage.downsample.norm_in, embed.proj[0])
+        copy_conv1x1(stage.downsample.proj, embed.proj[1])
+        copy_channel_norm(stage.downsample.norm_out, embed.proj[2])
         stage.pos_block.proj.load_state_dict(peg.proj.fn.state_dict())
         blocks = iter(stage.blocks)
         for local_attn, local_ff, global_attn, global_ff in list(first.layers) + list(rest.layers):
             if hasattr(local_attn, 'fn'):  # stages with a local half
                 block = next(blocks)
                 ref_attn = local_attn.fn
-                _norm_from_channel_norm(block.norm1, ref_attn.norm)
-                block.attn.qkv.weight.copy_(torch.cat([ref_attn.to_q.weight, ref_attn.to_kv.weight]).flatten(1))
-                _linear_from_conv1x1(block.attn.proj, ref_attn.to_out[0])
-                _load_mlp(block.norm2, block.mlp, local_ff.fn)
+                copy_channel_norm(block.norm1, ref_attn.norm)
+                copy_conv1x1(block.attn.qkv, ref_attn.to_q, ref_attn.to_kv)
+                copy_conv1x1(block.attn.proj, ref_attn.to_out[0])
+                copy_conv_mlp(block.norm2, block.mlp, local_ff.fn)
             block = next(blocks)
             ref_attn = global_attn.fn
-            _norm_from_channel_norm(block.norm1, ref_attn.norm)
-            _linear_from_conv1x1(block.attn.q, ref_attn.to_q)
+            copy_channel_norm(block.norm1, ref_attn.norm)
+            copy_conv1x1(block.attn.q, ref_attn.to_q)
             block.attn.kv.weight.copy_(ref_attn.to_kv.weight)
-            _linear_from_conv1x1(block.attn.proj, ref_attn.to_out[0])
-            _load_mlp(block.norm2, block.mlp, global_ff.fn)
+            copy_conv1x1(block.attn.proj, ref_attn.to_out[0])
+            copy_conv_mlp(block.norm2, block.mlp, global_ff.fn)
     model.get_classifier().load_state_dict(ref.layers[-1].state_dict())
-    model.model_args = config
     return model
 
 
