@@ -5,7 +5,8 @@ Hub setting needs its own process. Usage: ``python hub_client.py calls.json resu
 ``calls.json`` is a list of ``{"label", "model", "kwargs", "input_shape"}``, each optionally with
 ``"publish": {"arch.tag": {cfg fields}}``: the tag is first added to the family's ``default_cfgs``, as
 the one line a maintainer adds when weights are published. For every call it writes
-``results_dir/<label>.pt`` (the outputs on ``torch.manual_seed(0); torch.randn(input_shape)``) or an
+``results_dir/<label>.pt`` (the outputs on ``torch.manual_seed(0); torch.randn(input_shape)``) and
+``<label>.hf_hub_id`` (the Hub id the model's pretrained_cfg records), or an
 error entry in ``results_dir/errors.json`` (exception class and message). Every tag is published
 before the first call; with ``threads`` > 1 the calls run concurrently.
 """
@@ -54,6 +55,7 @@ def main(calls_file: str, results_dir: str, threads: str = '1') -> None:
             model = timm.create_model(call['model'], pretrained=True, **call.get('kwargs', {})).eval()
             with torch.no_grad():
                 torch.save(model(sample_input(call['input_shape'])), results / f'{call["label"]}.pt')
+            (results / f'{call["label"]}.hf_hub_id').write_text(str(model.pretrained_cfg.get('hf_hub_id')))
             return call['label'], None
         except Exception as e:  # recorded for the test to judge
             return call['label'], {'type': type(e).__name__, 'message': str(e)}

@@ -403,14 +403,22 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
         dict(label='new_head', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=3)),
         dict(label='features', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=0)),
         dict(label='gray', model='hf-hub:org/tiny', input_shape=[2, 1, *shape[2:]], kwargs=dict(in_chans=1)),
+        dict(label='backbone', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(features_only=True, out_indices=2)),
+        # the overlay leaves the default 1000 classes: refused, not a silently random head
+        dict(label='by_name_classes', model=f'{HUB_FAMILY}_tiny', input_shape=shape,
+             kwargs=dict(small, num_classes=CLASSES, pretrained_cfg_overlay=dict(hf_hub_id='org/tiny'))),
         dict(label='missing_repo', model='hf-hub:org/nothing', input_shape=shape),
         dict(label='missing_file', model='hf-hub:org/noconfig', input_shape=shape),
         dict(label='pickle_only', model='hf-hub:org/pickled', input_shape=shape),
     ])
     expected = outputs(model)
-    assert {'first', 'second', 'by_name', 'by_tag', 'new_head', 'features', 'gray'} <= found.keys(), errors
+    assert {'first', 'second', 'by_name', 'by_tag', 'new_head', 'features', 'gray', 'backbone'} <= found.keys(), errors
     for label in ('first', 'second', 'by_name', 'by_tag'):
         assert torch.equal(found[label], expected), label
+    # loaded from a pinned commit, recorded as asked for
+    for label in ('first', 'by_tag', 'backbone'):
+        assert (tmp_path / f'results{hub_session.runs}' / f'{label}.hf_hub_id').read_text() == 'org/tiny', label
+    assert "states num_classes 1000, but the weights' classifier 'head.fc' has 10" in errors['by_name_classes']['message']
     assert found['new_head'].shape == (2, 3)  # classifier re-initialised, as timm does
     # in_chans=1: timm sums the first conv over the colour channels, so a gray image gives what the
     # source model gives for the same image repeated in R, G and B
@@ -420,7 +428,7 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
     with torch.no_grad():
         assert torch.equal(found['features'], model.forward_head(model.forward_features(sample_input(shape)),
                                                                  pre_logits=True))
-    # seven loads of org/tiny, one download: the rest came from the cache
+    # nine loads of org/tiny, one download: the rest came from the cache
     assert hub_session.downloads('model.safetensors') == 1
 
     assert errors['missing_repo']['type'] == 'HubDownloadError'
@@ -521,7 +529,8 @@ def test_faults_are_refused_cleaned_from_the_cache_and_recovered(hub_session, tm
                                                              repo in ('head_classes', 'other_file')), repo
     assert "model.safetensors of org/head_classes" in errors['head_classes']['message']
     assert blobs_are_whole(home)
-    assert not [p for p in (home / 'hub').rglob('model.safetensors')], 'a damaged file sits in a snapshot'
+    snapshots = {p.parts[-4] for p in (home / 'hub').glob('models--org--*/snapshots/*/model.safetensors')}
+    assert snapshots == {'models--org--head_classes'}, 'a damaged file sits in a snapshot'  # sound weights stay
 
     hub.faults.clear()  # the Hub is fixed: the same loads now download again and give the source's outputs
     found, errors = load_all(TRANSFER_FAULTS)

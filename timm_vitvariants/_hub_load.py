@@ -193,25 +193,24 @@ def verify_file(path: os.PathLike, where: Any, record: Optional[Dict[str, Any]],
             raise ValueError(f'{where} is damaged: sha256 {found}, expected {value} (from {source})')
 
 
-def _classifier_rows(path: os.PathLike, cfg: Dict[str, Any]) -> Optional[int]:
-    """Rows of the classifier weight, read from the safetensors header only; None when it has no head."""
+def classifier_rows(path: os.PathLike, cfg: Dict[str, Any], where: Any) -> int:
+    """Rows of the classifier weight (0: no classifier), read from the safetensors header only."""
     from safetensors import safe_open
-    with safe_open(str(path), framework='pt') as f:
-        key = f'{cfg.get("classifier")}.weight'
-        return f.get_slice(key).get_shape()[0] if key in f.keys() else None
-
-
-def check_fit(path: os.PathLike, cfg: Dict[str, Any], where: Any) -> None:
-    """The classes the config states must be the rows of the weights' classifier (0: no classifier)."""
     try:
-        rows = _classifier_rows(path, cfg)
+        with safe_open(str(path), framework='pt') as f:
+            key = f'{cfg.get("classifier")}.weight'
+            return f.get_slice(key).get_shape()[0] if key in f.keys() else 0
     except Exception as e:  # safetensors' errors for a damaged header of a file without a recorded hash
         raise ValueError(f'{where} is not a readable safetensors file: {e}') from e
+
+
+def check_fit(rows: int, cfg: Dict[str, Any], where: Any) -> None:
+    """The classes the pretrained cfg states must be the rows of the weights' classifier."""
     stated = cfg.get('num_classes')
-    if (rows or 0) != stated:
+    if rows != stated:
         raise ValueError(f'{where}: its pretrained config (config.json, or pretrained_cfg_overlay) states '
                          f'num_classes {stated}, but the weights\' classifier {cfg.get("classifier")!r} has '
-                         f'{rows or 0} classes; expected the same number (num_classes= passed to create_model '
+                         f'{rows} classes; expected the same number (num_classes= passed to create_model '
                          f'then gives a new head)')
 
 
@@ -244,7 +243,7 @@ def fetch_weights(cfg: Dict[str, Any], load_from: str, location: Any, filename: 
         config_path = folder / CONFIG_FILE
         record = read_config(config_path, config_path).get(WEIGHTS_ENTRY) if config_path.is_file() else None
         verify_file(path, path, record)
-        check_fit(path, cfg, path)
+        check_fit(classifier_rows(path, cfg, path), cfg, path)
         return VerifiedWeights(str(path), {})
     hub_id = location[0] if isinstance(location, (tuple, list)) else location
     repo_id, revision = hf_split(hub_id)
@@ -270,12 +269,13 @@ def fetch_weights(cfg: Dict[str, Any], load_from: str, location: Any, filename: 
     if config_path.is_file():
         record = read_config(config_path, HubFile(repo_id, commit, CONFIG_FILE)).get(WEIGHTS_ENTRY)
     try:
-        verify_file(path, HubFile(repo_id, revision, filename), record, etag)
-        check_fit(path, cfg, HubFile(repo_id, revision, filename))
-    except ValueError as e:
+        verify_file(path, where, record, etag)
+        rows = classifier_rows(path, cfg, where)
+    except ValueError as e:  # a damaged file: out of the cache
         _remove_cached(path)
         raise ValueError(f'{e}. The file was removed from the cache ({os.path.dirname(os.path.dirname(blob))}); '
-                         f'the next load downloads it again') from None
+                         f'the next load downloads it again') from e
+    check_fit(rows, cfg, where)  # a config that does not match sound weights: the file stays cached
     return VerifiedWeights(path, {'hf_hub_id': f'{repo_id}@{commit}', 'hf_hub_filename': filename}, hub_id)
 
 
