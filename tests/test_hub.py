@@ -373,10 +373,15 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
         'README.md', 'config.json', 'model.safetensors']  # the stray file is listed, not uploaded
     assert 'notes.txt' in pushed.stdout.split('not uploaded')[1]
     assert hub_session.hub.authorizations['/api/models/org/tiny/commit/main'] == 'Bearer hf_loopback'  # HF_TOKEN
+    # an older export repeats num_classes in model_args: the repo gets a config.json transformers reads
+    edit_config(folder, lambda c: c['model_args'].update(num_classes=CLASSES))
     pushed_again = hub_session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny',
                                    '--include', '*.txt')
     assert pushed_again.returncode == 0, pushed_again.stderr  # an existing repo is reused
     assert (tmp_path / 'server' / 'org' / 'tiny' / 'notes.txt').read_text() == 'a stray file'
+    assert 'without model_args.num_classes' in pushed_again.stdout
+    served_config = json.loads((tmp_path / 'server' / 'org' / 'tiny' / 'config.json').read_text())
+    assert 'num_classes' not in served_config['model_args'] and served_config['num_classes'] == CLASSES
     (tmp_path / 'server' / 'org' / 'tiny' / 'notes.txt').unlink()
 
     # repos for the failure cases, served by the same Hub

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ._factory import HUB_WEIGHTS_FILE, RemoteEntryNotFoundError
+
 CONFIG_FILE = 'config.json'
 WEIGHTS_ENTRY = 'weights'  # config.json's top-level record of the weights file: {file, sha256, size}
 SHA256_LENGTH = 64
@@ -233,13 +235,14 @@ class VerifiedWeights:
 
 def fetch_weights(cfg: Dict[str, Any], load_from: str, location: Any, filename: str,
                   cache_dir: Optional[os.PathLike] = None) -> Optional[VerifiedWeights]:
-    """The weights file of a Hub repo or a local folder, verified (see the module docstring)."""
+    """The weights file of a Hub repo (``filename``) or a local folder, verified (see the module docstring);
+    None for a folder without model.safetensors (timm then looks for other names and says what it found)."""
     from timm.models._hub import hf_split
     if load_from == 'local-dir':
         folder = Path(location)
-        path = folder / filename
+        path = folder / HUB_WEIGHTS_FILE  # what timm reads first in a folder, whatever hf_hub_filename says
         if not path.is_file():
-            return None  # timm looks for other names and says what it found
+            return None
         config_path = folder / CONFIG_FILE
         record = read_config(config_path, config_path).get(WEIGHTS_ENTRY) if config_path.is_file() else None
         verify_file(path, path, record)
@@ -251,7 +254,6 @@ def fetch_weights(cfg: Dict[str, Any], load_from: str, location: Any, filename: 
     try:
         path = download(where, cache_dir)
     except HubDownloadError as e:
-        from ._factory import RemoteEntryNotFoundError
         if isinstance(e.__cause__, RemoteEntryNotFoundError) and not isinstance(e.__cause__, FileNotFoundError):
             raise RuntimeError(
                 f'The Hub repo {repo_id!r} has no {filename} (the weights file its config names; {where}). '

@@ -241,13 +241,18 @@ def write_model_card(
     (folder / CARD_FILE).write_text('\n'.join(lines))
 
 
+def drop_repeated_classes(config: Dict[str, Any]) -> bool:
+    """Removes ``num_classes`` from config.json's ``model_args`` (timm takes it from the top level; transformers'
+    TimmWrapper passes its own beside ``model_args`` and would get it twice); True if it was there."""
+    return config.get('model_args', {}).pop('num_classes', None) is not None
+
+
 def finish_config(folder: Path) -> None:
-    """config.json as timm and transformers both read it: ``num_classes`` only at the top level (transformers'
-    TimmWrapper passes it itself, beside ``model_args``), and the weights' sha256 and size, which every load
-    checks before reading a tensor."""
+    """config.json as timm and transformers both read it (``drop_repeated_classes``), with the weights'
+    sha256 and size, which every load checks before reading a tensor."""
     path = folder / CONFIG_FILE
     config = json.loads(path.read_text())
-    config.get('model_args', {}).pop('num_classes', None)
+    drop_repeated_classes(config)
     config[WEIGHTS_ENTRY] = weights_record(folder / WEIGHTS_FILE)
     path.write_text(json.dumps(config, indent=2))
 
@@ -344,7 +349,10 @@ def check_folder(folder: PathLike) -> str:
     if not torch.isfinite(outputs).all():
         raise ValueError(f'{folder} loads, but gives non-finite outputs (NaN or inf) on a random image')
     verified = f'sha256 {record["sha256"][:12]}... verified' if record else 'no sha256 recorded (re-export to add one)'
-    return f'{config["architecture"]} loads, {verified}, finite outputs of shape {tuple(outputs.shape)}'
+    summary = f'{config["architecture"]} loads, {verified}, finite outputs of shape {tuple(outputs.shape)}'
+    if drop_repeated_classes(config):
+        summary += '; config.json is uploaded without model_args.num_classes (transformers reads the top level)'
+    return summary
 
 
 def push_folder(
@@ -358,7 +366,8 @@ def push_folder(
         check: bool = True,
 ) -> List[str]:
     """Checks that the folder loads (``check_folder``), creates ``repo_id`` if needed and uploads the
-    folder's Hub files (and those matching ``include``) in one commit; returns the uploaded paths.
+    folder's Hub files (and those matching ``include``) in one commit; returns the uploaded paths. The
+    config.json of an older export is uploaded without ``model_args.num_classes`` (``drop_repeated_classes``).
     ``check=False`` skips the load check, for a caller that has just run ``check_folder`` itself.
 
     huggingface_hub reads ``HF_ENDPOINT`` and ``HF_TOKEN`` from the environment and shows progress
@@ -372,12 +381,16 @@ def push_folder(
         check_folder(folder)
     if dry_run:
         return names
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
+    uploads = {name: str(folder / name) for name in names}
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if drop_repeated_classes(config):  # an older export: the repo gets a config.json transformers reads
+        uploads[CONFIG_FILE] = json.dumps(config, indent=2).encode()
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message,
-                          allow_patterns=names)
+        api.create_commit(repo_id, [CommitOperationAdd(name, content) for name, content in uploads.items()],
+                          commit_message=commit_message, revision=revision)
     except Exception as e:  # HTTP errors, refused connections, timeouts: one message naming where
         raise RuntimeError(f'uploading {", ".join(names)} to {repo_id} (revision {revision or "main"}) on '
                            f'{api.endpoint} failed: {type(e).__name__}: {e}') from e
