@@ -106,7 +106,8 @@ def run_convert(args: argparse.Namespace) -> None:
 
 
 def run_push(args: argparse.Namespace) -> None:
-    from .hub import check_folder, push_folder, upload_plan
+    from .hub import check_folder, check_repo_id, push_folder, upload_plan
+    check_repo_id(args.repo)  # before the folder is loaded
     files, left_out = upload_plan(args.folder, args.include)
     print(f'{"would upload" if args.dry_run else "uploading"} to {args.repo}:')
     for path in files:

@@ -329,6 +329,11 @@ def upload_plan(folder: PathLike, include: Sequence[str] = ()) -> Tuple[List[Pat
     return [p for p in files if wanted(p)], [p for p in files if not wanted(p)]
 
 
+def check_repo_id(repo_id: str) -> None:
+    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
+        raise ValueError(f'--repo must be "org/name", got {repo_id!r}')
+
+
 @torch.no_grad()
 def check_folder(folder: PathLike) -> str:
     """Loads ``folder`` as a user loads the pushed repo (config.json parsed and consistent, architecture
@@ -373,8 +378,7 @@ def push_folder(
     huggingface_hub reads ``HF_ENDPOINT`` and ``HF_TOKEN`` from the environment and shows progress
     bars for large files (unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set).
     """
-    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'--repo must be "org/name", got {repo_id!r}')
+    check_repo_id(repo_id)
     folder = Path(folder)
     names = [p.relative_to(folder).as_posix() for p in upload_plan(folder, include)[0]]
     if check:
