@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import timm
 import timm_vitvariants
-from timm_vitvariants.info import VariantInfo, list_variants, variant_info
+from timm_vitvariants.info import VariantInfo, list_variants, paper_link, variant_info
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / 'MODEL_CARDS.md'
@@ -45,7 +45,7 @@ FAMILIES: Dict[str, Family] = {
     'regionvit': Family(
         title='RegionViT',
         paper='Chen et al., RegionViT: Regional-to-Local Attention for Vision Transformers, '
-              '[arXiv:2106.02689](https://arxiv.org/abs/2106.02689)',
+              + paper_link('arXiv:2106.02689'),
         sizes='any height and width from the minimum up, non-square included: the image is padded to the '
               'next multiple of the regional patch (28 px at the defaults), as the official implementation does, '
               'and local windows left short by the downsampling are padded and the padded keys masked',
@@ -53,7 +53,7 @@ FAMILIES: Dict[str, Family] = {
     'scalablevit': Family(
         title='ScalableViT',
         paper='Yang et al., ScalableViT: Rethinking the Context-oriented Generalization of Vision Transformer, '
-              '[arXiv:2203.10790](https://arxiv.org/abs/2203.10790)',
+              + paper_link('arXiv:2203.10790'),
         sizes='any height and width from the minimum up, non-square included: feature maps that do not divide '
               'into windows are padded and the padded keys masked',
     ),
@@ -61,24 +61,28 @@ FAMILIES: Dict[str, Family] = {
         title='RvT (vit-pytorch\'s rotary vision transformer)',
         paper='no paper: vit-pytorch\'s "Rotary Vision Transformer" (2-D axial rotary embeddings, '
               'depthwise-separable conv queries, GEGLU). It is **not** the Robust Vision Transformer of '
-              '[arXiv:2105.07926](https://arxiv.org/abs/2105.07926), which shares the acronym: those weights do '
+              + paper_link('arXiv:2105.07926') + ', which shares the acronym: those weights do '
               'not load here',
-        sizes='any height and width that are multiples of the patch size (16), non-square included; '
+        sizes='any height and width that are multiples of the patch size (16), non-square included; with '
+              '`dynamic_img_pad=True` (as timm\'s ViT) any size from one patch up, zero-padded to whole patches; '
               'there is no position table to resize',
     ),
     'maxvit_reg': Family(
         title='MaxViT with register tokens',
         paper='Tu et al., MaxViT: Multi-Axis Vision Transformer, '
-              '[arXiv:2204.01697](https://arxiv.org/abs/2204.01697); Darcet et al., Vision Transformers Need '
-              'Registers, [arXiv:2309.16588](https://arxiv.org/abs/2309.16588)',
-        sizes='any height and width for which every stage\'s feature map (input / 4 ... input / 32, rounded up) '
-              'divides into windows: multiples of 32 x window (224 at the default window 7: 224, 448, 224x448, ...) '
-              'or up to 3 px less; other sizes raise a ValueError naming the nearest valid ones',
+              + paper_link('arXiv:2204.01697') + '; Darcet et al., Vision Transformers Need '
+              'Registers, ' + paper_link('arXiv:2309.16588'),
+        sizes='any height and width from 32 px (one token at stride 32) up, non-square included (256, 320x480, '
+              '375x500, 1024x768, ...): the stem, the MBConvs and the stride-2 entries run on the real map '
+              '(features at ceil(size / stride)); block and grid attention pad the map at the bottom/right to '
+              'the window multiple, mask the padded tokens as keys (for the register tokens too) and crop them '
+              'after the block. Sizes whose every stage divides into windows (multiples of 32 x window: 224, '
+              '448, ... at window 7) need no padding and run the unpadded code',
     ),
     'twinssvt': Family(
         title='Twins-SVT (vit-pytorch design)',
         paper='Chu et al., Twins: Revisiting the Design of Spatial Attention in Vision Transformers, '
-              '[arXiv:2104.13840](https://arxiv.org/abs/2104.13840). timm\'s own `twins_svt_*` is the official '
+              + paper_link('arXiv:2104.13840') + '. timm\'s own `twins_svt_*` is the official '
               'design; `twinssvt_*` is vit-pytorch\'s',
         sizes='any height and width from the minimum up, non-square included: local windows and the global '
               'reduction are padded',

@@ -11,8 +11,9 @@ SPECS: Dict[str, Dict[str, Any]] = {
     'maxvit_reg': dict(
         small=dict(embed_dim=32, depths=(1, 1), head_dim=16, window_size=4),
         small_size=(32, 32),
-        valid=[(224, 224), (224, 448), (448, 224), (221, 223)],
-        invalid=[(200, 200), (224, 300)],
+        # any size from one token at stride 32; windows and grid groups pad and mask what they lack
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (256, 256), (320, 480), (375, 500), (32, 32)],
+        invalid=[(31, 224), (224, 16)],
         too_small=(3, 3),
         strides=(2, 4, 8, 16, 32),
     ),

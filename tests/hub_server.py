@@ -10,8 +10,12 @@ as the Hub's CDN is: huggingface_hub follows same-origin redirects, and would ot
 the metadata on the blob response. It binds to 127.0.0.1 only, handles a bounded number of
 requests, times out idle sockets and stops by itself after ``lifetime_s``.
 
-Files named in ``truncate`` (e.g. ``{'model.safetensors'}``) are announced at full size but only
-half is sent before the connection drops: a download cut off midway, on every attempt.
+Faults, set per served file in ``faults`` (``{'org/name/model.safetensors': 'cut'}``) and applied to
+every request for it until removed (the ETag always stays the sha256 of the stored file, as the Hub's):
+``cut``: announced at full size, half sent, the connection closed; ``truncate``: a consistent half
+file (size headers and body); ``corrupt-data`` / ``corrupt-header``: same length, one byte flipped at
+the end (tensor data) or in the safetensors JSON header; ``stall``: half sent, then silence for
+``stall_s`` (bounded; ended early when the hub stops); ``error500``: the resolve request answers 500.
 """
 import base64
 import hashlib
@@ -19,10 +23,21 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 MAX_REQUESTS = 1000
+FAULTS = ('cut', 'truncate', 'corrupt-data', 'corrupt-header', 'stall', 'error500')
+
+
+def served_bytes(data: bytes, fault: Optional[str]) -> bytes:
+    """The file as a faulty transfer delivers it (``cut`` and ``stall`` end the transfer instead)."""
+    if fault == 'truncate':
+        return data[:len(data) // 2]
+    if fault in ('corrupt-data', 'corrupt-header'):
+        at = len(data) - 1 if fault == 'corrupt-data' else 8 + 1  # after the 8-byte header length: in the JSON
+        return data[:at] + bytes([data[at] ^ 0x55]) + data[at + 1:]
+    return data
 
 
 class LoopbackHub:
@@ -36,7 +51,8 @@ class LoopbackHub:
     def __init__(self, root: Path, lifetime_s: float = 120.0):
         self.root = Path(root)
         self.lifetime_s = lifetime_s
-        self.truncate: Set[str] = set()
+        self.faults: Dict[str, str] = {}  # 'org/name/file' -> one of FAULTS
+        self.stall_s = 3.0
         self.requests: List[Tuple[str, str]] = []
         self.authorizations: Dict[str, Optional[str]] = {}  # path -> the Authorization header last sent
         self._lock = threading.Lock()
@@ -44,6 +60,7 @@ class LoopbackHub:
         self._cdn: Optional[ThreadingHTTPServer] = None  # a second origin for blobs, as the Hub's CDN
         self._timer: Optional[threading.Timer] = None
         self._stopped = False
+        self._stop_event = threading.Event()  # ends stalls early
 
     # --- repository storage -----------------------------------------------------------------
 
@@ -92,11 +109,21 @@ class LoopbackHub:
             if self._stopped or self._server is None:
                 return
             self._stopped = True
+        self._stop_event.set()
         if self._timer is not None:
             self._timer.cancel()
         for server in (self._server, self._cdn):
             server.shutdown()
             server.server_close()
+
+    def fault(self, repo_id: str, filename: str) -> Optional[str]:
+        fault = self.faults.get(f'{repo_id}/{filename}')
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f'unknown fault {fault!r}; expected one of {FAULTS}')
+        return fault
+
+    def stall(self) -> None:
+        self._stop_event.wait(self.stall_s)
 
     def record(self, method: str, path: str) -> None:
         with self._lock:
@@ -157,26 +184,32 @@ class _Handler(BaseHTTPRequestHandler):
         files = self.hub.repo_files(repo_id)
         if filename not in files:
             return self._error(404, 'EntryNotFound', f'{filename} does not exist in {repo_id}')
+        fault = self.hub.fault(repo_id, filename)
+        if fault == 'error500':
+            return self._error(500, 'InternalError', 'Internal Server Error (injected)')
         data = files[filename].read_bytes()
         commit = self.hub.commit_id(repo_id)
         etag = f'"{hashlib.sha256(data).hexdigest()}"'
         self._reply(302, headers={
             'Location': f'{self.hub.cdn_url}/_blobs/{repo_id}/{commit}/{filename}',
-            'X-Repo-Commit': commit, 'ETag': etag, 'X-Linked-Etag': etag, 'X-Linked-Size': str(len(data)),
+            'X-Repo-Commit': commit, 'ETag': etag, 'X-Linked-Etag': etag,
+            'X-Linked-Size': str(len(served_bytes(data, fault))),
         })
 
     def _blob(self, repo_id: str, filename: str) -> None:
         files = self.hub.repo_files(repo_id) if self.hub.repo_dir(repo_id).is_dir() else {}
         if filename not in files:
             return self._error(404, 'EntryNotFound', f'{filename} does not exist in {repo_id}')
-        data = files[filename].read_bytes()
+        stored = files[filename].read_bytes()
+        fault = self.hub.fault(repo_id, filename)
+        data = served_bytes(stored, fault)
         start = 0
         ranged = self.headers.get('Range', '')
         if ranged.startswith('bytes='):
             start = int(ranged[6:].split('-')[0] or 0)
         self.send_response(206 if start else 200)
         self.send_header('Content-Type', 'application/octet-stream')
-        self.send_header('ETag', f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header('ETag', f'"{hashlib.sha256(stored).hexdigest()}"')
         self.send_header('Content-Length', str(len(data) - start))
         if start:
             self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
@@ -184,9 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == 'HEAD':
             return
         body = data[start:]
-        if Path(filename).name in self.hub.truncate:
+        if fault in ('cut', 'stall'):
             self.wfile.write(body[:len(body) // 2])
             self.wfile.flush()
+            if fault == 'stall':
+                self.hub.stall()
             self.close_connection = True
             return
         self.wfile.write(body)

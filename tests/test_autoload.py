@@ -7,9 +7,15 @@ import textwrap
 import pytest
 
 
+# The installed .pth runs `import _timm_vitvariants_autoload`: with this folder first on the path, it is
+# this checkout's hook (an editable install's copy in site-packages may be older)
+HOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'timm_vitvariants', '_autoload')
+
+
 def run(code, **env):
     full_env = dict(os.environ)
     full_env.pop('TIMM_VITVARIANTS_AUTOLOAD', None)
+    full_env['PYTHONPATH'] = os.pathsep.join(p for p in (HOOK_DIR, full_env.get('PYTHONPATH')) if p)
     full_env.update(env)
     return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=full_env, capture_output=True,
                           text=True, cwd='/')
@@ -28,7 +34,9 @@ def test_plain_timm_import_registers_models():
 
 
 @pytest.mark.parametrize('first_import', ['from timm.models import create_model', 'import timm.layers',
-                                          'import timm_vitvariants'])
+                                          'import timm_vitvariants',
+                                          # transformers' availability probe: a spec, no import yet
+                                          'import importlib.util; assert importlib.util.find_spec("timm")'])
 def test_any_first_import_works(first_import):
     done = run(f'''
         {first_import}

@@ -24,9 +24,14 @@ def small_model(family: str, **kwargs) -> torch.nn.Module:
     return timm.create_model(f'{family}_tiny', num_classes=10, **dict(SPECS[family]['small'], **kwargs))
 
 
-def small_input(family: str, batch: int = 2) -> torch.Tensor:
+def small_input(family: str, batch: int = 2, size=None) -> torch.Tensor:
     torch.manual_seed(1)
-    return torch.randn(batch, 3, *SPECS[family]['small_size'])
+    return torch.randn(batch, 3, *(size or SPECS[family]['small_size']))
+
+
+# a size where every family's small configuration pads (windows, regions; RvT's patches with dynamic_img_pad)
+PADDED_SIZE = (36, 44)
+PADDED_KWARGS = dict(rvt=dict(dynamic_img_pad=True))
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, run=None):
@@ -83,6 +88,18 @@ def test_export_of_the_eval_model_with_a_dynamic_batch(family):
         for batch in (3, 1, 5):
             xb = small_input(family, batch=batch)
             assert max_rel_error(module(xb), model(xb)) < 1e-5, batch
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_compile_and_export_at_a_size_that_pads(family):
+    """Padding and masking branch on concrete sizes: dynamo and export specialize on them, one graph."""
+    model = small_model(family, **PADDED_KWARGS.get(family, {})).train()
+    x = small_input(family, size=PADDED_SIZE)
+    compile_and_check(model, x, backend='aot_eager', tolerance=1e-4)
+    model.eval()
+    module = torch.export.export(model, (x,)).module()
+    with torch.no_grad():
+        assert max_rel_error(module(x), model(x)) < 1e-5
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import timm
 import timm_vitvariants
 from timm.models import get_arch_pretrained_cfgs
 from timm_vitvariants.__main__ import main
-from timm_vitvariants.hub import export_folder, push_folder, read_state_dict, upload_plan
+from timm_vitvariants.hub import HubDownloadError, check_folder, export_folder, push_folder, read_state_dict, upload_plan
 from timm_vitvariants.info import list_variants, published_weights
 
 from family_specs import SPECS
@@ -32,7 +33,7 @@ CLASSES = 10
 
 def small_model(family: str = HUB_FAMILY, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    args = dict(SPECS[family]['small'], num_classes=CLASSES, **kwargs)
+    args = {**SPECS[family]['small'], 'num_classes': CLASSES, **kwargs}
     return timm.create_model(f'{family}_tiny', **args).eval()
 
 
@@ -140,7 +141,10 @@ def test_export_writes_a_hub_folder_that_loads_back(family, tmp_path):
     assert config['architecture'] == f'{family}_tiny'
     assert config['num_classes'] == CLASSES and config['num_features'] == model.num_features
     assert config['global_pool'] == model.global_pool and config['label_names'] == labels
-    assert config['model_args']['num_classes'] == CLASSES
+    assert 'num_classes' not in config['model_args']  # transformers' TimmWrapper passes it beside model_args
+    weights = folder / 'model.safetensors'
+    assert config['weights'] == {'file': 'model.safetensors', 'size': weights.stat().st_size,
+                                 'sha256': hashlib.sha256(weights.read_bytes()).hexdigest()}
     assert config['pretrained_cfg']['license'] == 'mit'
     assert config['pretrained_cfg']['input_size'] == [3, *SPECS[family]['small_size']]
     assert safetensors.torch.load_file(folder / 'model.safetensors').keys() == model.state_dict().keys()
@@ -255,9 +259,14 @@ def test_convert_cli_errors(tmp_path, capsys):
 
 def test_push_dry_run_and_refusals(tmp_path, capsys):
     folder = export(small_model(), tmp_path / 'out')
+    (folder / 'notes.txt').write_text('mine')
     assert cli('push', folder, '--repo', 'org/demo', '--dry-run') == 0
     printed = capsys.readouterr().out
     assert 'would upload to org/demo' in printed and 'model.safetensors' in printed and 'MB' in printed
+    assert 'not uploaded' in printed and 'notes.txt' in printed.split('not uploaded')[1]
+    assert 'check: maxvit_reg_tiny loads, sha256' in printed and 'finite outputs' in printed
+    assert [p.name for p in upload_plan(folder, include=['*.txt'])[0]] == [
+        'README.md', 'config.json', 'model.safetensors', 'notes.txt']
     assert cli('push', folder, '--repo', 'no-org', '--dry-run') == 2
     assert 'org/name' in capsys.readouterr().err
     torch.save({}, folder / 'pytorch_model.bin')
@@ -269,6 +278,49 @@ def test_push_dry_run_and_refusals(tmp_path, capsys):
     (folder / 'config.json').unlink()
     with pytest.raises(ValueError, match='lacks config.json'):
         push_folder(folder, 'org/demo', dry_run=True)
+
+
+def broken_folders(folder: Path) -> dict:
+    """Copies of an exported folder, each broken in one way, with the reason push must give."""
+    config = json.loads((folder / 'config.json').read_text())
+    weights = (folder / 'model.safetensors').read_bytes()
+    nan_weights = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+                   for k, v in safetensors.torch.load_file(folder / 'model.safetensors').items()}
+    unrecorded = {k: v for k, v in config.items() if k != 'weights'}
+    cases = {
+        'garbage_weights': ({}, b'not a safetensors file at all', r'model.safetensors has 29 bytes, config.json records'),
+        'unrecorded_garbage': (unrecorded, b'\x10' + weights[1:], r'model.safetensors is not a readable safetensors'),
+        'not_json': ('{"architecture": "maxvit_reg_tiny",', None, r'config.json is not valid JSON'),
+        'no_architecture': ({'num_classes': CLASSES}, None, r'config.json names no architecture'),
+        'unknown_architecture': (dict(config, architecture='no_such_net'), None, r"architecture 'no_such_net'"),
+        'classes_disagree': (dict(config, model_args=dict(config['model_args'], num_classes=3)), None,
+                             r'config.json states different num_classes: top level 10, model_args 3'),
+        'nan_outputs': (dict(unrecorded), 'nan', r'non-finite outputs'),
+    }
+    made = {}
+    for name, (new_config, new_weights, reason) in cases.items():
+        target = folder.parent / name
+        shutil.copytree(folder, target)
+        if isinstance(new_config, str):
+            (target / 'config.json').write_text(new_config)
+        elif new_config:
+            (target / 'config.json').write_text(json.dumps(new_config))
+        if new_weights == 'nan':
+            safetensors.torch.save_file(nan_weights, target / 'model.safetensors')
+        elif new_weights is not None:
+            (target / 'model.safetensors').write_bytes(new_weights)
+        made[name] = (target, reason)
+    return made
+
+
+def test_push_refuses_folders_that_do_not_load(tmp_path, capsys):
+    folder = export(small_model(), tmp_path / 'out')
+    for name, (broken, reason) in broken_folders(folder).items():
+        with pytest.raises((ValueError, RuntimeError), match=reason):
+            check_folder(broken)
+        assert cli('push', broken, '--repo', 'org/demo', '--dry-run') == 2, name
+        err = capsys.readouterr().err
+        assert 'error:' in err and 'Traceback' not in err, name
 
 
 # --- the whole loop against the loopback Hub --------------------------------------------------
@@ -288,12 +340,12 @@ class HubSession:
         return subprocess.run([sys.executable, *argv], env=dict(self.env, **env), cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)
 
-    def load(self, calls: list, **env: str) -> tuple:
-        """Runs ``calls`` in a fresh process: (outputs by label, errors by label)."""
+    def load(self, calls: list, threads: int = 1, **env: str) -> tuple:
+        """Runs ``calls`` in a fresh process (``threads`` at a time): (outputs by label, errors by label)."""
         self.runs += 1
         calls_file, results = self.work / f'calls{self.runs}.json', self.work / f'results{self.runs}'
         calls_file.write_text(json.dumps(calls))
-        done = self.run(str(TESTS / 'hub_client.py'), str(calls_file), str(results), **env)
+        done = self.run(str(TESTS / 'hub_client.py'), str(calls_file), str(results), str(threads), **env)
         assert done.returncode == 0, done.stderr
         found = {p.stem: torch.load(p) for p in results.glob('*.pt')}
         return found, json.loads((results / 'errors.json').read_text())
@@ -316,13 +368,23 @@ def cached_blobs(home: Path) -> list:
 def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
     model = small_model()
     folder = export(model, tmp_path / 'out', repo_id='org/tiny')
+    (folder / 'notes.txt').write_text('a stray file')
     pushed = hub_session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny')
     assert pushed.returncode == 0, pushed.stderr
     assert sorted(p.name for p in (tmp_path / 'server' / 'org' / 'tiny').iterdir()) == [
-        'README.md', 'config.json', 'model.safetensors']
+        'README.md', 'config.json', 'model.safetensors']  # the stray file is listed, not uploaded
+    assert 'notes.txt' in pushed.stdout.split('not uploaded')[1]
     assert hub_session.hub.authorizations['/api/models/org/tiny/commit/main'] == 'Bearer hf_loopback'  # HF_TOKEN
-    pushed_again = hub_session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny')
+    # an older export repeats num_classes in model_args: the repo gets a config.json transformers reads
+    edit_config(folder, lambda c: c['model_args'].update(num_classes=CLASSES))
+    pushed_again = hub_session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny',
+                                   '--include', '*.txt')
     assert pushed_again.returncode == 0, pushed_again.stderr  # an existing repo is reused
+    assert (tmp_path / 'server' / 'org' / 'tiny' / 'notes.txt').read_text() == 'a stray file'
+    assert 'without model_args.num_classes' in pushed_again.stdout
+    served_config = json.loads((tmp_path / 'server' / 'org' / 'tiny' / 'config.json').read_text())
+    assert 'num_classes' not in served_config['model_args'] and served_config['num_classes'] == CLASSES
+    (tmp_path / 'server' / 'org' / 'tiny' / 'notes.txt').unlink()
 
     # repos for the failure cases, served by the same Hub
     pickle_only = tmp_path / 'server' / 'org' / 'pickled'
@@ -348,14 +410,22 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
         dict(label='new_head', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=3)),
         dict(label='features', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(num_classes=0)),
         dict(label='gray', model='hf-hub:org/tiny', input_shape=[2, 1, *shape[2:]], kwargs=dict(in_chans=1)),
+        dict(label='backbone', model='hf-hub:org/tiny', input_shape=shape, kwargs=dict(features_only=True, out_indices=2)),
+        # the overlay leaves the default 1000 classes: refused, not a silently random head
+        dict(label='by_name_classes', model=f'{HUB_FAMILY}_tiny', input_shape=shape,
+             kwargs=dict(small, num_classes=CLASSES, pretrained_cfg_overlay=dict(hf_hub_id='org/tiny'))),
         dict(label='missing_repo', model='hf-hub:org/nothing', input_shape=shape),
         dict(label='missing_file', model='hf-hub:org/noconfig', input_shape=shape),
         dict(label='pickle_only', model='hf-hub:org/pickled', input_shape=shape),
     ])
     expected = outputs(model)
-    assert {'first', 'second', 'by_name', 'by_tag', 'new_head', 'features', 'gray'} <= found.keys(), errors
+    assert {'first', 'second', 'by_name', 'by_tag', 'new_head', 'features', 'gray', 'backbone'} <= found.keys(), errors
     for label in ('first', 'second', 'by_name', 'by_tag'):
         assert torch.equal(found[label], expected), label
+    # loaded from a pinned commit, recorded as asked for
+    for label in ('first', 'by_tag', 'backbone'):
+        assert (tmp_path / f'results{hub_session.runs}' / f'{label}.hf_hub_id').read_text() == 'org/tiny', label
+    assert "states num_classes 1000, but the weights' classifier 'head.fc' has 10" in errors['by_name_classes']['message']
     assert found['new_head'].shape == (2, 3)  # classifier re-initialised, as timm does
     # in_chans=1: timm sums the first conv over the colour channels, so a gray image gives what the
     # source model gives for the same image repeated in R, G and B
@@ -365,13 +435,14 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
     with torch.no_grad():
         assert torch.equal(found['features'], model.forward_head(model.forward_features(sample_input(shape)),
                                                                  pre_logits=True))
-    # seven loads of org/tiny, one download: the rest came from the cache
+    # nine loads of org/tiny, one download: the rest came from the cache
     assert hub_session.downloads('model.safetensors') == 1
 
-    assert errors['missing_repo']['type'] == 'RepositoryNotFoundError'
-    assert 'org/nothing' in errors['missing_repo']['message']
-    assert 'Entry Not Found' in errors['missing_file']['message']
-    assert 'config.json' in errors['missing_file']['message']
+    assert errors['missing_repo']['type'] == 'HubDownloadError'
+    assert 'config.json of org/nothing (revision main)' in errors['missing_repo']['message']
+    assert 'RepositoryNotFoundError' in errors['missing_repo']['message']
+    assert errors['missing_file']['type'] == 'HubDownloadError'
+    assert 'config.json of org/noconfig (revision main)' in errors['missing_file']['message']
     assert errors['pickle_only']['type'] == 'RuntimeError'
     assert "'org/pickled' has no model.safetensors" in errors['pickle_only']['message']
     assert hub_session.downloads('pytorch_model.bin') == 0, 'the pickle was downloaded'
@@ -385,26 +456,105 @@ def test_export_push_and_load_from_the_hub(hub_session, tmp_path):
     assert len(hub_session.hub.requests) == served
 
 
-@pytest.mark.slow
-def test_truncated_download_leaves_no_corrupt_file_in_the_cache(hub_session, tmp_path):
-    model = small_model()
-    folder = export(model, tmp_path / 'server' / 'org' / 'tiny')  # published in place: push is tested above
-    home = tmp_path / 'hf_home'
-    weights_size = (folder / 'model.safetensors').stat().st_size
+def edit_config(folder: Path, edit) -> None:
+    config = json.loads((folder / 'config.json').read_text())
+    edit(config)
+    (folder / 'config.json').write_text(json.dumps(config))
 
-    hub_session.hub.truncate.add('model.safetensors')
-    found, errors = hub_session.load([dict(label='cut', model='hf-hub:org/tiny', input_shape=input_shape())])
-    assert not found and 'cut' in errors, 'a truncated download was accepted'
-    assert f'expected {weights_size}' in errors['cut']['message']  # names what went wrong
-    # every blob left in the cache is whole: its name is the sha256 of its contents (the file's etag)
+
+# repo -> (fault injected in model.safetensors, or None; how config.json is edited, or None)
+TRANSFER_FAULTS = {
+    'data': ('corrupt-data', None),
+    'header': ('corrupt-header', None),
+    'short': ('truncate', None),
+    'cut': ('cut', None),
+    'stall': ('stall', None),
+    'e500': ('error500', None),
+    # an export from before the sha256 was recorded: the ETag (the file's sha256 on the Hub) still catches it
+    'legacy': ('corrupt-data', lambda c: c.pop('weights')),
+}
+CONFIG_FAULTS = {
+    'args_classes': (lambda c: c['model_args'].update(num_classes=3), 'num_classes: top level 10, model_args 3'),
+    'cfg_classes': (lambda c: c['pretrained_cfg'].update(num_classes=3), 'num_classes: top level 10, pretrained_cfg 3'),
+    'head_classes': (lambda c: (c.update(num_classes=3), c['pretrained_cfg'].update(num_classes=3)),
+                     "states num_classes 3, but the weights' classifier 'head.fc' has 10 classes"),
+    'channels': (lambda c: c['model_args'].update(in_chans=1), 'in_chans: model_args 1, pretrained_cfg.input_size[0] 3'),
+    'not_json': (None, 'config.json of org/not_json (revision main) on http://127.0.0.1'),
+    'no_arch': (lambda c: c.pop('architecture'), 'names no architecture'),
+    'other_file': (lambda c: c['pretrained_cfg'].update(hf_hub_filename='ema.safetensors'),
+                   "'org/other_file' has no ema.safetensors"),
+}
+
+
+def blobs_are_whole(home: Path) -> bool:
+    """Every blob in huggingface_hub's cache is named by the sha256 of its contents (the loopback Hub's ETag)."""
     blobs = cached_blobs(home)
-    assert blobs and all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in blobs)
-    assert hub_session.downloads('model.safetensors') > 1  # huggingface_hub retried before giving up
-    assert not [p for p in (home / 'hub').rglob('model.safetensors')], 'a corrupt file sits in the snapshot'
+    return bool(blobs) and all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in blobs)
 
-    hub_session.hub.truncate.clear()
-    found, errors = hub_session.load([dict(label='retry', model='hf-hub:org/tiny', input_shape=input_shape())])
-    assert not errors and torch.equal(found['retry'], outputs(model))
+
+@pytest.mark.slow
+def test_faults_are_refused_cleaned_from_the_cache_and_recovered(hub_session, tmp_path):
+    """Every fault ends in an error naming repo and file; nothing damaged stays cached; after the fix
+    the same loads give the right weights; offline, a damaged cached file is refused too."""
+    model = small_model()
+    exported = export(model, tmp_path / 'exported')
+    weights_size = (exported / 'model.safetensors').stat().st_size
+    server, home, hub = tmp_path / 'server' / 'org', tmp_path / 'hf_home', hub_session.hub
+    for repo, (fault, edit) in TRANSFER_FAULTS.items():
+        shutil.copytree(exported, server / repo)
+        hub.faults[f'org/{repo}/model.safetensors'] = fault
+        if edit:
+            edit_config(server / repo, edit)
+    for repo, (edit, _) in CONFIG_FAULTS.items():
+        shutil.copytree(exported, server / repo)
+        if edit:
+            edit_config(server / repo, edit)
+    (server / 'not_json' / 'config.json').write_text('{"architecture": "maxvit_reg_tiny", "num_classes": 10')
+    hub.stall_s = 3.0  # past HF_HUB_DOWNLOAD_TIMEOUT below
+
+    def load_all(repos, **env):
+        calls = [dict(label=repo, model=f'hf-hub:org/{repo}', input_shape=input_shape()) for repo in repos]
+        return hub_session.load(calls, threads=len(calls), HF_HUB_DOWNLOAD_TIMEOUT='1', **env)
+
+    found, errors = load_all([*TRANSFER_FAULTS, *CONFIG_FAULTS])
+    assert not found, f'loaded despite a fault: {sorted(found)}'
+    for repo in TRANSFER_FAULTS:
+        assert f'model.safetensors of org/{repo} (revision main) on {hub.url}' in errors[repo]['message'], repo
+    for repo in ('data', 'header', 'legacy'):
+        assert errors[repo]['type'] == 'ValueError' and 'is damaged: sha256' in errors[repo]['message'], repo
+        assert 'removed from the cache' in errors[repo]['message']
+    assert 'from the Hub\'s ETag' in errors['legacy']['message']
+    assert f'config.json records {weights_size}' in errors['short']['message']
+    assert f'expected {weights_size}' in errors['cut']['message'] and 'RemoteProtocolError' in errors['cut']['message']
+    assert 'Timeout' in errors['stall']['message']
+    assert '500' in errors['e500']['message']
+    for repo in ('cut', 'stall', 'e500'):
+        assert errors[repo]['type'] == 'HubDownloadError', repo
+    for repo, (_, reason) in CONFIG_FAULTS.items():
+        assert reason in errors[repo]['message'], (repo, errors[repo])
+        assert f'org/{repo}' in errors[repo]['message'] and ('config.json' in errors[repo]['message'] or
+                                                             repo in ('head_classes', 'other_file')), repo
+    assert "model.safetensors of org/head_classes" in errors['head_classes']['message']
+    assert blobs_are_whole(home)
+    snapshots = {p.parts[-4] for p in (home / 'hub').glob('models--org--*/snapshots/*/model.safetensors')}
+    assert snapshots == {'models--org--head_classes'}, 'a damaged file sits in a snapshot'  # sound weights stay
+
+    hub.faults.clear()  # the Hub is fixed: the same loads now download again and give the source's outputs
+    found, errors = load_all(TRANSFER_FAULTS)
+    assert not errors, errors
+    expected = outputs(model)
+    for repo in TRANSFER_FAULTS:
+        assert torch.equal(found[repo], expected), repo
+
+    # offline, a cached file damaged on disk is refused and removed, nothing loaded
+    snapshot = next((home / 'hub').glob('models--org--data/snapshots/*/model.safetensors'))
+    blob = snapshot.resolve()
+    blob.write_bytes(blob.read_bytes()[:-1] + b'\0')
+    found, errors = hub_session.load([dict(label='data', model='hf-hub:org/data', input_shape=input_shape())],
+                                     HF_HUB_OFFLINE='1')
+    assert not found and errors['data']['type'] == 'ValueError', errors
+    assert 'model.safetensors of org/data (revision main)' in errors['data']['message']
+    assert 'is damaged' in errors['data']['message'] and not blob.exists() and not snapshot.exists()
 
 
 @pytest.mark.parametrize('command', ['export', 'convert', 'push', 'list'])
@@ -420,5 +570,5 @@ def test_push_to_an_unreachable_hub_is_a_one_line_error(tmp_path):
     # the server has stopped: its port refuses connections
     pushed = session.run('-m', 'timm_vitvariants', 'push', str(folder), '--repo', 'org/tiny')
     assert pushed.returncode == 2
-    assert f'error: uploading to org/tiny on {hub.url} failed' in pushed.stderr
+    assert f'to org/tiny (revision main) on {hub.url} failed' in pushed.stderr
     assert 'Traceback' not in pushed.stderr

@@ -63,16 +63,60 @@ def test_valid_sizes_give_features_at_strides(size):
 
 def test_window_size_is_per_model():
     model = timm.create_model('maxvit_reg_tiny', window_size=8, depths=(1, 1, 1, 1), num_classes=3).eval()
-    assert model(torch.randn(1, 3, 256, 256)).shape == (1, 3)
-    with pytest.raises(ValueError, match='multiples of 256'):
-        model(torch.randn(1, 3, 224, 224))
+    table = model.stages[0].blocks[0].block_attn.rel_pos.relative_position_bias_table
+    assert table.shape[0] == 15 * 15 + 1  # offsets in an 8x8 window, plus the registers' slot
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 256, 256)).shape == (1, 3)  # no padding at 256
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 3)  # padded windows
 
 
-@pytest.mark.parametrize('size, nearest', [((200, 224), 'height 224, width 224'), ((300, 448), 'height 224 or 448')])
-def test_invalid_size_names_nearest_valid_sizes(size, nearest):
+@pytest.mark.parametrize('size', [(256, 256), (320, 480), (375, 500), (32, 32), (100, 36)])
+def test_any_size_features_at_ceil_of_strides(size):
+    model = tiny(depths=(1, 1, 1, 1), window_size=7).eval()
+    with torch.no_grad():
+        features = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+    for f, stride in zip(features, (2, 4, 8, 16, 32)):
+        assert f.shape[-2:] == (-(-size[0] // stride), -(-size[1] // stride))
+
+
+def test_padding_reaches_no_real_token(monkeypatch):
+    """The zeros that pad a map to whole windows are masked keys (for the registers too) and cropped: filling
+    them with noise instead changes no output and no feature; at sizes that need none, nothing is padded."""
+    import timm_vitvariants.maxvit_reg as maxvit_module
+    torch.manual_seed(0)
+    model = tiny(depths=(1, 2, 1), window_size=3, num_registers=2).eval()
+    x = torch.randn(2, 3, 50, 38)  # maps 13x10, 7x5, 4x3: every stage pads
+    with torch.no_grad():
+        expected = model.forward_intermediates(x)
+    real_pad = maxvit_module.pad_to_multiple
+    padded = []
+
+    def noise_pad(t, multiple):
+        out = real_pad(t, multiple)
+        if out.shape != t.shape:
+            padded.append(out.shape)
+            noise = torch.randn_like(out) * 100
+            noise[:, :t.shape[1], :t.shape[2]] = 0
+            out = out + noise
+        return out
+
+    monkeypatch.setattr(maxvit_module, 'pad_to_multiple', noise_pad)
+    with torch.no_grad():
+        actual = model.forward_intermediates(x)
+    assert len(padded) == 4  # every block padded
+    torch.testing.assert_close(actual[0], expected[0])
+    for a, b in zip(actual[1], expected[1]):
+        torch.testing.assert_close(a, b)
+    padded.clear()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 48, 48))  # 12, 6, 3: whole windows
+    assert not padded
+
+
+def test_too_small_names_the_minimum():
     model = timm.create_model('maxvit_reg_tiny', depths=(1, 1, 1, 1)).eval()
-    with pytest.raises(ValueError, match=nearest):
-        model(torch.randn(1, 3, *size))
+    with pytest.raises(ValueError, match='at least 32x32, got 31x64'):
+        model(torch.randn(1, 3, 31, 64))
 
 
 def test_no_dropout_by_default_and_real_drop_path():

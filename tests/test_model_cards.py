@@ -1,9 +1,15 @@
 """MODEL_CARDS.md is generated, never typed: the committed file must be exactly what the generator
 makes from the committed results and the current registry."""
 import json
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import timm
 
 from benchmarks import model_cards
-from timm_vitvariants.info import list_variants
+from test_hub import export, small_model
+from timm_vitvariants.info import list_variants, paper_link
 
 
 def test_committed_model_cards_are_up_to_date():
@@ -61,3 +67,58 @@ def test_spread_missing_memory_and_time_budget_render(tmp_path):
     assert '1.20x (1.10-1.30) / 1.05x (1.00-1.10)' in line and 'not measured (400)' in line
     assert f'{ref_label} spends 80% of inference and 75% of a train step' in text
     assert 'at most 1.25x / 1.33x' in text and 'commit abc' in text
+
+
+LINK = re.compile(r'\[([^\]]*)\]\(([^)]*)\)')
+ARXIV_ID = re.compile(r'\d{4}\.\d{4,5}(v\d+)?')
+
+
+def heading_anchors(markdown: str) -> set:
+    """GitHub's anchors for the headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = (line.lstrip('#').strip() for line in markdown.splitlines() if line.startswith('#'))
+    return {re.sub(r'[^\w\- ]', '', h.lower()).replace(' ', '-') for h in headings}
+
+
+def link_problems(markdown: str, folder: Path) -> list:
+    """Every Markdown link that is not well formed: an http(s) URL with a host (arXiv ones /abs/<id>,
+    matching an arXiv:<id> text), or a file beside the card, with an anchor its headings have."""
+    problems = []
+    for text, target in LINK.findall(markdown):
+        url = urlsplit(target)
+        if url.scheme:
+            if url.scheme not in ('https', 'http') or not url.netloc or ' ' in target or '//' in url.path:
+                problems.append((text, target))
+            elif url.netloc == 'arxiv.org':
+                number = url.path[len('/abs/'):]
+                if not url.path.startswith('/abs/') or not ARXIV_ID.fullmatch(number) or (
+                        text.startswith('arXiv:') and text != f'arXiv:{number}'):
+                    problems.append((text, target))
+            continue
+        path, _, anchor = target.partition('#')
+        linked = folder / path if path else None
+        if linked is not None and not linked.is_file():
+            problems.append((text, target))
+        elif anchor and anchor not in heading_anchors(linked.read_text() if linked else markdown):
+            problems.append((text, target))
+    return problems
+
+
+def test_link_checker_catches_the_broken_kinds(tmp_path):
+    broken = ['[https://github.com/x](https://arxiv.org/abs///github.com/x)', '[arXiv:1](https://arxiv.org/abs/1)',
+              '[a](no_such_file.md)', '[b](#no-such-heading)', '[arXiv:2204.01697](https://arxiv.org/abs/2104.13840)']
+    assert len(link_problems('\n'.join(broken), tmp_path)) == len(broken)
+    assert not link_problems('# A heading\n[x](#a-heading) [arXiv:2204.01697](https://arxiv.org/abs/2204.01697) '
+                             '[https://github.com/a/b#rvt](https://github.com/a/b#rvt)', tmp_path)
+
+
+def test_every_link_in_the_cards_is_well_formed(tmp_path):
+    """MODEL_CARDS.md, and the README.md export writes for every family (paper ids of both kinds)."""
+    text = model_cards.CARDS.read_text()
+    assert LINK.search(text) and not link_problems(text, model_cards.CARDS.parent)
+    for family in model_cards.timm_vitvariants.MODEL_MODULES:
+        folder = export(small_model(family), tmp_path / family, family, repo_id='org/demo')
+        card = (folder / 'README.md').read_text()
+        paper_ids = timm.create_model(f'{family}_tiny', device='meta').pretrained_cfg['paper_ids']
+        for paper_id in [paper_ids] if isinstance(paper_ids, str) else paper_ids:
+            assert paper_link(paper_id) in card, (family, paper_id)
+        assert not link_problems(card, folder), family

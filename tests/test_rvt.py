@@ -186,3 +186,20 @@ def test_rotary_turns_pairs_as_vit_pytorch(head_dim):
     expected = x.clone()
     expected[:, :, 1:, :rot_dim] = patches * cos + turned * sin
     torch.testing.assert_close(apply_rotary(x, rotation), expected)
+
+
+def test_dynamic_img_pad_takes_any_size():
+    """Opt-in as timm's ViT: sizes that are not multiples of the patch are zero-padded at the bottom/right
+    (the same as padding the image by hand); the default stays strict."""
+    torch.manual_seed(0)
+    strict = timm.create_model('rvt_tiny', depth=2, num_classes=4).eval()
+    padding = timm.create_model('rvt_tiny', depth=2, num_classes=4, dynamic_img_pad=True).eval()
+    padding.load_state_dict(strict.state_dict())
+    x = torch.randn(2, 3, 75, 100)
+    with torch.no_grad():
+        by_hand = strict(torch.nn.functional.pad(x, (0, 12, 0, 5)))  # to 80x112
+        torch.testing.assert_close(padding(x), by_hand)
+        maps = padding.forward_intermediates(x, intermediates_only=True)
+    assert maps[0].shape[-2:] == (5, 7)
+    with pytest.raises(ValueError, match='multiples of 16'):
+        strict(x)

@@ -129,15 +129,20 @@ def run_convert(args: argparse.Namespace) -> None:
 
 
 def run_push(args: argparse.Namespace) -> None:
-    from .hub import push_folder
-    from .hub import upload_plan
-    files = upload_plan(args.folder)
+    from .hub import check_folder, check_repo_id, push_folder, upload_plan
+    check_repo_id(args.repo)  # before the folder is loaded
+    files, left_out = upload_plan(args.folder, args.include)
     print(f'{"would upload" if args.dry_run else "uploading"} to {args.repo}:')
     for path in files:
         print(f'  {path.relative_to(args.folder).as_posix()}  ({path.stat().st_size / 1e6:.2f} MB)')
+    if left_out:
+        print('not uploaded (not a Hub file; --include PATTERN adds it):')
+        for path in left_out:
+            print(f'  {path.relative_to(args.folder).as_posix()}')
+    print(f'check: {check_folder(args.folder)}')
     sys.stdout.flush()  # before huggingface_hub's progress bars
     names = push_folder(args.folder, args.repo, private=args.private, revision=args.revision,
-                        commit_message=args.message, dry_run=args.dry_run)
+                        commit_message=args.message, dry_run=args.dry_run, include=args.include, check=False)
     if args.dry_run:
         return
     print(f'uploaded {", ".join(names)} to {args.repo}')
@@ -185,14 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = sub.add_parser(
         'push', help='upload an exported folder to a Hugging Face Hub repo',
-        description='Creates the repo if needed and uploads the folder in one commit. Honours HF_ENDPOINT '
-                    'and HF_TOKEN (or a `hf auth login` token).')
+        description='Checks that the folder loads as users will load it (config.json, architecture, weights '
+                    'sha256, finite outputs), creates the repo if needed and uploads the Hub files in one commit. '
+                    'Honours HF_ENDPOINT and HF_TOKEN (or a `hf auth login` token).')
     push.add_argument('folder', help='a folder written by export or convert')
     push.add_argument('--repo', required=True, help='org/name')
     push.add_argument('--private', action='store_true', help='create the repo private')
     push.add_argument('--revision', help='branch to commit to (default: main)')
     push.add_argument('--message', default='Upload timm_vitvariants model', help='commit message')
-    push.add_argument('--dry-run', action='store_true', help='print what would be uploaded, upload nothing')
+    push.add_argument('--include', action='append', default=[], metavar='PATTERN',
+                      help='also upload the files matching this pattern (e.g. "*.md"); other files are listed '
+                           'and left out (repeatable)')
+    push.add_argument('--dry-run', action='store_true',
+                      help='check the folder and print what would be uploaded, upload nothing')
     return parser
 
 
@@ -208,7 +218,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from huggingface_hub.errors import HfHubHTTPError
     try:
         COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, HfHubHTTPError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, HfHubHTTPError) as e:
         parser.exit(2, f'{parser.prog} {args.command}: error: {e}\n')
     return 0
 

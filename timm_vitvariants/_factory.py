@@ -66,7 +66,7 @@ def build_variant(
     """``build_model_with_cfg`` with features through ``forward_intermediates`` (timm's 'getter'),
     a clear error, instead of random weights, when no weights are published, and Hub weights read
     only from a safetensors file (a repo with only a pickle checkpoint is refused, never unpickled)."""
-    load_from, location = None, None
+    load_from, location, verified = None, None, None
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant,
@@ -82,29 +82,25 @@ def build_variant(
                 f'timm.create_model("hf-hub:ORG/REPO", pretrained=True), or convert a vit-pytorch model '
                 f'with timm_vitvariants.from_vit_pytorch(model).')
         # From the Hub only safetensors: timm would otherwise fall back to unpickling pytorch_model.bin.
-        if not (cfg.hf_hub_filename or '').endswith('.safetensors'):
-            overlay = kwargs.get('pretrained_cfg_overlay') or {}
-            # timm resets custom_load when an overlay names a source: keep what the resolved cfg says
-            kwargs['pretrained_cfg_overlay'] = {
-                'custom_load': cfg.custom_load, **overlay, 'hf_hub_filename': HUB_WEIGHTS_FILE}
-    try:
-        model = build_model_with_cfg(
-            model_cls,
-            variant,
-            pretrained,
-            pretrained_filter_fn=pretrained_filter_fn,
-            # features_only goes through forward_intermediates; by default all taps (an int = last n)
-            feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
-            **kwargs,
-        )
-    except RemoteEntryNotFoundError as e:
-        if load_from != 'hf-hub':
-            raise
-        repo = location[0] if isinstance(location, (tuple, list)) else location
-        raise RuntimeError(
-            f'The Hub repo {repo!r} has no {HUB_WEIGHTS_FILE}. timm_vitvariants loads only safetensors weights '
-            f'from the Hub and never unpickles a checkpoint (pytorch_model.bin, *.pth); publish the weights with '
-            f'`python -m timm_vitvariants export` and `push`.') from e
+        filename = cfg.hf_hub_filename if (cfg.hf_hub_filename or '').endswith('.safetensors') else HUB_WEIGHTS_FILE
+        if load_from in ('hf-hub', 'local-dir'):
+            # verified before timm reads a tensor; timm then loads exactly that file (a pinned commit)
+            from ._hub_load import fetch_weights
+            verified = fetch_weights(cfg.to_dict(), load_from, location, filename, kwargs.get('cache_dir'))
+            if verified is not None:
+                kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}),
+                                                    **verified.overlay}
+    model = build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=pretrained_filter_fn,
+        # features_only goes through forward_intermediates; by default all taps (an int = last n)
+        feature_cfg=dict(feature_cls=FeatureGetter, out_indices=num_feature_taps),
+        **kwargs,
+    )
+    if verified is not None:
+        verified.restore(model)
     if isinstance(model, model_cls):
         # every constructor argument that makes this model, the variant's own included, for the model cards and
         # the converters' records (config.json's ``model_args`` comes from timm's ``_model_args``: what the

@@ -9,13 +9,14 @@ target, so a folder that exists is a folder that works.
 Checkpoints are always read with ``torch.load(weights_only=True)``: no pickled code runs.
 """
 import argparse
+import fnmatch
 import importlib
 import json
 import pickle
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -24,13 +25,15 @@ import timm
 from timm.models import clean_state_dict, save_for_hf
 
 from ._factory import HUB_WEIGHTS_FILE
+from ._hub_load import WEIGHTS_ENTRY, HubDownloadError, read_config, verify_file, weights_record
 from .convert import from_vit_pytorch, supported_classes
-from .info import count_gmacs
+from .info import count_gmacs, paper_link
 
 __all__ = [
     'WEIGHTS_FILE', 'HUB_FILES', 'read_state_dict', 'model_from_checkpoint', 'vit_pytorch_from_checkpoint',
     'convert_checkpoint', 'convert_ibm_checkpoint', 'add_card_section',
-    'export_folder', 'verify_folder', 'write_model_card', 'push_folder', 'upload_plan',
+    'export_folder', 'verify_folder', 'write_model_card', 'check_folder', 'push_folder', 'upload_plan',
+    'HubDownloadError',
 ]
 
 WEIGHTS_FILE = HUB_WEIGHTS_FILE
@@ -145,8 +148,7 @@ def convert_checkpoint(
     model = from_vit_pytorch(reference).eval()
     size = tuple(input_size or model.pretrained_cfg['input_size'][1:])
     x = torch.randn(1, model.in_chans, *size, generator=torch.Generator().manual_seed(0))
-    expected, actual = reference(x), model(x)
-    error = ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+    error = max_relative_error(model(x), reference(x))
     if error > tolerance:
         raise RuntimeError(f'the converted model differs from the vit-pytorch one: max relative error {error:.2e}')
     return model
@@ -176,6 +178,11 @@ def convert_ibm_checkpoint(
     return model.eval()
 
 
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest absolute difference, relative to the largest magnitude expected."""
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
 # --- export -----------------------------------------------------------------------------------
 
 def _sample_input(model: nn.Module, seed: int = 0) -> torch.Tensor:
@@ -194,7 +201,7 @@ def verify_folder(folder: PathLike, reference: nn.Module, tolerance: float = 1e-
     if actual.shape != expected.shape:
         raise RuntimeError(f'the exported folder gives outputs of shape {tuple(actual.shape)}, '
                            f'the source model {tuple(expected.shape)}')
-    error = ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+    error = max_relative_error(actual, expected)
     if error > tolerance:
         raise RuntimeError(f'the exported folder does not reproduce the source model: max relative error {error:.2e}')
     return error
@@ -217,7 +224,8 @@ def write_model_card(
     input_size = tuple(cfg['input_size'])
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
     gmacs = count_gmacs(model, input_size)
-    papers = ', '.join(f'[{p}](https://arxiv.org/abs/{p.split(":")[-1]})' for p in cfg.get('paper_ids') or ())
+    paper_ids = cfg.get('paper_ids') or ()
+    papers = ', '.join(paper_link(p) for p in ([paper_ids] if isinstance(paper_ids, str) else paper_ids))
     about = f' ({cfg["paper_name"]}; {papers})' if papers and cfg.get('paper_name') else ''
     lines = [
         '---',
@@ -264,6 +272,22 @@ def add_card_section(folder: PathLike, heading: str, lines: Sequence[str]) -> No
     card.write_text(card.read_text().rstrip('\n') + '\n\n' + '\n'.join([f'## {heading}', '', *lines, '']))
 
 
+def drop_repeated_classes(config: Dict[str, Any]) -> bool:
+    """Removes ``num_classes`` from config.json's ``model_args`` (timm takes it from the top level; transformers'
+    TimmWrapper passes its own beside ``model_args`` and would get it twice); True if it was there."""
+    return config.get('model_args', {}).pop('num_classes', None) is not None
+
+
+def finish_config(folder: Path) -> None:
+    """config.json as timm and transformers both read it (``drop_repeated_classes``), with the weights'
+    sha256 and size, which every load checks before reading a tensor."""
+    path = folder / CONFIG_FILE
+    config = json.loads(path.read_text())
+    drop_repeated_classes(config)
+    config[WEIGHTS_ENTRY] = weights_record(folder / WEIGHTS_FILE)
+    path.write_text(json.dumps(config, indent=2))
+
+
 def _check_target(folder: Path, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f'{folder} exists and is not a folder')
@@ -302,6 +326,7 @@ def export_folder(
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='.export-', dir=folder.parent) as staging:
         save_for_hf(model, staging, model_config=model_config, safe_serialization=True, data_config=data_config)
+        finish_config(Path(staging))
         write_model_card(model, staging, repo_id, training_data, license)
         verify_folder(staging, model)
         folder.mkdir(exist_ok=True)
@@ -312,8 +337,10 @@ def export_folder(
 
 # --- push -------------------------------------------------------------------------------------
 
-def upload_plan(folder: PathLike) -> List[Path]:
-    """The files ``push_folder`` uploads; refuses folders that are not Hub-ready or hold pickles."""
+def upload_plan(folder: PathLike, include: Sequence[str] = ()) -> Tuple[List[Path], List[Path]]:
+    """(the files ``push_folder`` uploads, the files it leaves out): the Hub files, plus those matching
+    an ``include`` pattern (``fnmatch``, on the path inside the folder). Refuses folders that are not
+    Hub-ready or hold pickles."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f'{folder} is not a folder; create one with `python -m timm_vitvariants export`')
@@ -326,7 +353,42 @@ def upload_plan(folder: PathLike) -> List[Path]:
     if pickles:
         raise ValueError(f'{folder} holds pickle files {pickles}; only safetensors weights are published. '
                          f'Remove them or export into an empty folder')
-    return files
+
+    def wanted(path: Path) -> bool:
+        name = path.relative_to(folder).as_posix()
+        return name in HUB_FILES or any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
+    return [p for p in files if wanted(p)], [p for p in files if not wanted(p)]
+
+
+def check_repo_id(repo_id: str) -> None:
+    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
+        raise ValueError(f'--repo must be "org/name", got {repo_id!r}')
+
+
+@torch.no_grad()
+def check_folder(folder: PathLike) -> str:
+    """Loads ``folder`` as a user loads the pushed repo (config.json parsed and consistent, architecture
+    registered, weights verified against config.json's sha256, ``create_model(..., pretrained=True)``, a
+    forward pass with finite outputs); refuses with the reason, or returns what was checked."""
+    folder = Path(folder)
+    config = read_config(folder / CONFIG_FILE, folder / CONFIG_FILE)
+    if not timm.is_model(config['architecture']):
+        raise ValueError(f'{folder / CONFIG_FILE} names architecture {config["architecture"]!r}, which timm does '
+                         f'not know here; expected a registered model (`python -m timm_vitvariants list`)')
+    record = config.get(WEIGHTS_ENTRY)
+    verify_file(folder / WEIGHTS_FILE, folder / WEIGHTS_FILE, record)
+    try:
+        model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True).eval()
+        outputs = model(_sample_input(model))
+    except Exception as e:  # whatever stops the load is the reason to refuse
+        raise ValueError(f'{folder} does not load with timm.create_model: {type(e).__name__}: {e}') from e
+    if not torch.isfinite(outputs).all():
+        raise ValueError(f'{folder} loads, but gives non-finite outputs (NaN or inf) on a random image')
+    verified = f'sha256 {record["sha256"][:12]}... verified' if record else 'no sha256 recorded (re-export to add one)'
+    summary = f'{config["architecture"]} loads, {verified}, finite outputs of shape {tuple(outputs.shape)}'
+    if drop_repeated_classes(config):
+        summary += '; config.json is uploaded without model_args.num_classes (transformers reads the top level)'
+    return summary
 
 
 def push_folder(
@@ -336,24 +398,35 @@ def push_folder(
         revision: Optional[str] = None,
         commit_message: str = 'Upload timm_vitvariants model',
         dry_run: bool = False,
+        include: Sequence[str] = (),
+        check: bool = True,
 ) -> List[str]:
-    """Creates ``repo_id`` if needed and uploads the folder in one commit; returns the uploaded paths.
+    """Checks that the folder loads (``check_folder``), creates ``repo_id`` if needed and uploads the
+    folder's Hub files (and those matching ``include``) in one commit; returns the uploaded paths. The
+    config.json of an older export is uploaded without ``model_args.num_classes`` (``drop_repeated_classes``).
+    ``check=False`` skips the load check, for a caller that has just run ``check_folder`` itself.
 
     huggingface_hub reads ``HF_ENDPOINT`` and ``HF_TOKEN`` from the environment and shows progress
     bars for large files (unless ``HF_HUB_DISABLE_PROGRESS_BARS`` is set).
     """
-    if repo_id.count('/') != 1 or not all(repo_id.split('/')):
-        raise ValueError(f'--repo must be "org/name", got {repo_id!r}')
+    check_repo_id(repo_id)
     folder = Path(folder)
-    names = [p.relative_to(folder).as_posix() for p in upload_plan(folder)]
+    names = [p.relative_to(folder).as_posix() for p in upload_plan(folder, include)[0]]
+    if check:
+        check_folder(folder)
     if dry_run:
         return names
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
+    uploads = {name: str(folder / name) for name in names}
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if drop_repeated_classes(config):  # an older export: the repo gets a config.json transformers reads
+        uploads[CONFIG_FILE] = json.dumps(config, indent=2).encode()
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message,
-                          allow_patterns=names)
-    except Exception as e:  # HTTP errors, refused connections, timeouts: one message naming the endpoint
-        raise RuntimeError(f'uploading to {repo_id} on {api.endpoint} failed: {type(e).__name__}: {e}') from e
+        api.create_commit(repo_id, [CommitOperationAdd(name, content) for name, content in uploads.items()],
+                          commit_message=commit_message, revision=revision)
+    except Exception as e:  # HTTP errors, refused connections, timeouts: one message naming where
+        raise RuntimeError(f'uploading {", ".join(names)} to {repo_id} (revision {revision or "main"}) on '
+                           f'{api.endpoint} failed: {type(e).__name__}: {e}') from e
     return names

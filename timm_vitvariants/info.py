@@ -72,3 +72,12 @@ def variant_info(name: str) -> VariantInfo:
         feature_channels=tuple(f['num_chs'] for f in model.feature_info),
         weights=published_weights(name),
     )
+
+
+def paper_link(paper_id: str) -> str:
+    """A Markdown link for one of a cfg's ``paper_ids``, by kind: ``arXiv:2204.01697`` (or a bare
+    arXiv number) -> arxiv.org/abs, a URL -> itself."""
+    if paper_id.startswith(('https://', 'http://')):
+        return f'[{paper_id}]({paper_id})'
+    number = paper_id[len('arXiv:'):] if paper_id.lower().startswith('arxiv:') else paper_id
+    return f'[arXiv:{number}](https://arxiv.org/abs/{number})'

@@ -215,12 +215,17 @@ def window_padding_mask(
         window_size: Tuple[int, int],
         device: Optional[torch.device] = None,
         dtype: torch.dtype = torch.float32,
+        grid: bool = False,
+        num_prefix_tokens: int = 0,
 ) -> Optional[torch.Tensor]:
-    """Additive key mask for the windows of a (H, W) map zero-padded to multiples of ``window_size``.
+    """Additive key mask for the windows (or, with ``grid``, the grid groups) of a (H, W) map zero-padded
+    at the bottom/right to multiples of ``window_size``.
 
-    Returns (num_windows, 1, wh * ww) with -inf on padded keys and 0 elsewhere, in the order of
-    :func:`window_partition`, or None when no padding is needed. Padding is at the bottom and right
-    and shorter than a window, so every window keeps at least one real key.
+    Returns (num_windows, 1, num_prefix_tokens + wh * ww): -inf on padded keys, 0 on real ones and on the
+    ``num_prefix_tokens`` tokens (registers, a regional token) in front of each window, in the order of
+    :func:`window_partition` (:func:`grid_partition`); None when no padding is needed. The padding is
+    shorter than a window, so every window and every grid group keeps at least one real key (a grid
+    group's first row and column are within the first ceil(H / gh) rows and columns).
     """
     H, W = size
     wh, ww = window_size
@@ -228,8 +233,10 @@ def window_padding_mask(
     if not pad_h and not pad_w:
         return None
     padded = F.pad(torch.zeros(1, H, W, 1, device=device, dtype=dtype), (0, 0, 0, pad_w, 0, pad_h), value=1.)
-    padded = window_partition(padded, window_size)  # (num_windows, wh * ww, 1)
-    return padded.transpose(1, 2).masked_fill(padded.transpose(1, 2) > 0, float('-inf'))
+    partition = grid_partition if grid else window_partition
+    padded = partition(padded, window_size).transpose(1, 2)  # (num_windows, 1, wh * ww)
+    padded = F.pad(padded, (num_prefix_tokens, 0))
+    return padded.masked_fill(padded > 0, float('-inf'))
 
 
 # --- stochastic depth and the pre-norm residual block ---------------------------------------

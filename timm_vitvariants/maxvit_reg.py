@@ -19,6 +19,10 @@ Differences from vit-pytorch:
     running mean on conversion, exact in eval and a no-op in training).
   * ``in_chans``, ``num_classes``/``global_pool``, ``window_size`` and the squeeze-excitation width
     are arguments; the named variants use an SE width of 1/16 of the expanded width as the paper.
+  * any input size from 32 px up (vit-pytorch needs every stage's map to divide into windows): block
+    and grid attention zero-pad the map at the bottom/right to the window multiple, mask the padded
+    tokens as keys (registers attend to real tokens only) and crop them after the block; the convs
+    run on the real map. Sizes that divide need no padding and give vit-pytorch's outputs.
   * bad inputs raise ``ValueError``/``TypeError`` naming the valid sizes.
 Differences from the paper: register tokens; a stem of two plain 3x3 convs (no norm/activation in
 between) and no MBConv shortcut projection on stage-entry blocks, both as vit-pytorch.
@@ -39,8 +43,8 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, stage_widths
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
-    HeadsAttention, ImageCheck, RelPosBias, WindowDropPath, grid_partition, grid_reverse, nearest_multiples,
-    window_partition, window_reverse,
+    HeadsAttention, ImageCheck, RelPosBias, WindowDropPath, grid_partition, grid_reverse, pad_to_multiple,
+    window_padding_mask, window_partition, window_reverse,
 )
 
 __all__ = ['MaxViTReg']
@@ -136,11 +140,16 @@ class RegisterAttention(HeadsAttention):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.rel_pos = RelPosBias(window_size, self.num_heads, num_registers, prefix_bias=True, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (windows, registers + window tokens, C)
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (windows, registers + window tokens, C); ``key_mask`` (windows, 1, 1, same) hides padded keys."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj_drop(self.proj(self.attend(q, k, v, self.rel_pos())))
+        bias = self.rel_pos()  # (1, heads, N, N)
+        if key_mask is not None:
+            bias = bias + key_mask  # (windows, heads, N, N)
+        return self.proj_drop(self.proj(self.attend(q, k, v, bias)))
 
 
+@register_notrace_module  # FX leaf: pads and masks by concrete sizes
 class MaxViTRegBlock(nn.Module):
     """MBConv -> block attention (+ registers) -> MLP -> grid attention (+ mean registers) -> MLP."""
 
@@ -184,25 +193,38 @@ class MaxViTRegBlock(nn.Module):
         x = self.conv(x)
         B, C, H, W = x.shape
         R = self.num_registers
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        window = self.window_size
+        # maps that do not divide into windows are zero-padded at the bottom/right, the padded tokens are
+        # masked as keys (for the registers too) and cropped at the end; a map that divides needs neither
+        x = pad_to_multiple(x.permute(0, 2, 3, 1), window)  # (B, Hp, Wp, C)
+        Hp, Wp = x.shape[1], x.shape[2]
+        block_mask = self._key_mask((H, W), B, x, grid=False)
+        grid_mask = self._key_mask((H, W), B, x, grid=True)
 
         # block attention: every window attends together with its own copy of the registers
-        t = window_partition(x, self.window_size)  # (B * nW, wh * ww, C)
+        t = window_partition(x, window)  # (B * nW, wh * ww, C)
         t = torch.cat([self.register_tokens.expand(t.shape[0], -1, -1), t], dim=1)
-        t = t + self.drop_path(self.block_attn(self.norm1(t)), B)
+        t = t + self.drop_path(self.block_attn(self.norm1(t), block_mask), B)
         t = t + self.drop_path(self.block_mlp(self.norm2(t)), B)
         registers = t[:, :R].reshape(B, -1, R, C).mean(1)  # (B, R, C): averaged over windows
-        x = window_reverse(t[:, R:], self.window_size, H, W)
+        x = window_reverse(t[:, R:], window, Hp, Wp)
 
         # grid attention: dilated groups spanning the map, with the averaged registers
-        t = grid_partition(x, self.window_size)  # (B * nG, gh * gw, C)
+        t = grid_partition(x, window)  # (B * nG, gh * gw, C)
         registers = registers.unsqueeze(1).expand(-1, t.shape[0] // B, -1, -1).reshape(-1, R, C)
         t = torch.cat([registers, t], dim=1)
-        t = t + self.drop_path(self.grid_attn(self.norm3(t)), B)
+        t = t + self.drop_path(self.grid_attn(self.norm3(t), grid_mask), B)
         t = t[:, R:]  # registers are discarded, the MLP sees the map tokens only
         t = t + self.drop_path(self.grid_mlp(self.norm4(t)), B)
-        x = grid_reverse(t, self.window_size, H, W)
+        x = grid_reverse(t, window, Hp, Wp)[:, :H, :W]
         return x.permute(0, 3, 1, 2)
+
+    def _key_mask(self, size: Tuple[int, int], batch_size: int, x: torch.Tensor, grid: bool) -> Optional[torch.Tensor]:
+        """(B * windows, 1, 1, registers + window tokens) with -inf on padded keys, or None without padding."""
+        mask = window_padding_mask(size, self.window_size, x.device, x.dtype, grid, self.num_registers)
+        if mask is None:
+            return None
+        return mask.repeat(batch_size, 1, 1).unsqueeze(1)
 
 
 class MaxViTRegStage(nn.Module):
@@ -247,29 +269,6 @@ class Stem(nn.Module):
         # token views the attention needs are then free (no copies)
         x = x.contiguous(memory_format=torch.channels_last)
         return self.conv2(self.conv1(x))
-
-
-@register_notrace_module  # FX leaf: it branches on concrete shapes
-class WindowFitCheck(ImageCheck):
-    """Every stage's map (input / 4, 8, 16, 32, rounded up) must divide into whole windows."""
-
-    def __init__(self, model_name: str, in_chans: int, window_size: int, num_stages: int):
-        super().__init__(model_name, in_chans)
-        self.window_size = window_size
-        self.num_stages = num_stages
-
-    def check_size(self, height: int, width: int) -> None:
-        w = self.window_size
-        fits = True
-        for i in range(self.num_stages):
-            stride = 1 << (i + 2)
-            fits = fits and ((height + stride - 1) // stride) % w == 0 and ((width + stride - 1) // stride) % w == 0
-        if not fits:
-            unit = w << (self.num_stages + 1)
-            raise ValueError(
-                f'{self.model_name} needs every stage\'s feature map to divide into {w}x{w} windows, which '
-                f'{height}x{width} does not: use a height and width that are multiples of {unit}; the nearest '
-                f'valid sizes are height {nearest_multiples(height, unit)}, width {nearest_multiples(width, unit)}')
 
 
 class MaxViTReg(StageModel):
@@ -334,7 +333,8 @@ class MaxViTReg(StageModel):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.input_check = WindowFitCheck(type(self).__name__, in_chans, window_size, num_stages)
+        # any size with at least one token at the last stride: windows pad and mask what they lack
+        self.input_check = ImageCheck(type(self).__name__, in_chans, min_size=2 << num_stages)
         self.stem = Stem(in_chans, stem_width, **dd)
         self.feature_info = [dict(num_chs=stem_width, reduction=2, module='stem')]
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
@@ -435,7 +435,7 @@ def _create_maxvit_reg(variant: str, pretrained: bool = False, **kwargs: Any) ->
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return base_cfg(
-        first_conv='stem.conv1', classifier='head.fc', min_input_size=(3, 224, 224),
+        first_conv='stem.conv1', classifier='head.fc', min_input_size=(3, 32, 32),
         paper_ids=('arXiv:2204.01697', 'arXiv:2309.16588'),
         paper_name='MaxViT: Multi-Axis Vision Transformer (with register tokens)',
         **kwargs)

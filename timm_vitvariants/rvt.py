@@ -10,7 +10,8 @@ and that paper's weights do not load here. Rotary embeddings: Su et al., RoForme
 Differences from vit-pytorch:
   * the real grid height and width are used for the rotary tables and the conv queries, so any
     size that is a multiple of the patch works, rectangles included (vit-pytorch takes the square
-    root of the token count and fails on rectangles); ``rotary_max_freq`` replaces ``image_size``
+    root of the token count and fails on rectangles), and with ``dynamic_img_pad=True`` (as timm's
+    ViT) any size, zero-padded to whole patches; ``rotary_max_freq`` replaces ``image_size``
     (the only thing it set) and defaults to 224;
   * rotary angles and the rotation are computed in at least float32 (also under autocast), as one
     complex multiply over all tokens (the class token's rotation is 1);
@@ -38,7 +39,7 @@ from timm.models._manipulate import checkpoint
 from ._factory import base_cfg, build_variant, register_variant
 from .base import ModelBase, check_output_fmt
 from .convert import copy_linear_mlp, register_converter
-from .layers import HeadsAttention, ImageCheck, split_heads
+from .layers import HeadsAttention, ImageCheck, pad_image_to_multiple, split_heads
 
 __all__ = ['RvT']
 
@@ -168,7 +169,9 @@ class RvTBlock(nn.Module):
 
 
 class RvT(ModelBase):
-    """Rotary Vision Transformer. Input: (B, in_chans, H, W) with H, W multiples of ``patch_size``."""
+    """Rotary Vision Transformer. Input: (B, in_chans, H, W) with H, W multiples of ``patch_size``; with
+    ``dynamic_img_pad=True`` (timm ViT's option) any H, W >= ``patch_size``, zero-padded at the bottom/right
+    to whole patches."""
 
     def __init__(
             self,
@@ -186,6 +189,7 @@ class RvT(ModelBase):
             use_glu: bool = True,
             query_kernel_size: int = 5,
             rotary_max_freq: float = 224.,
+            dynamic_img_pad: bool = False,
             drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
@@ -212,7 +216,8 @@ class RvT(ModelBase):
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
 
-        self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=patch_size)
+        self.dynamic_img_pad = dynamic_img_pad
+        self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=1 if dynamic_img_pad else patch_size)
         # == vit-pytorch's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' + Linear, as one strided conv
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
@@ -255,7 +260,10 @@ class RvT(ModelBase):
         self.head.train(self.training)  # a fresh head follows the model's mode
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        x = self.patch_embed(self.image_check(x))  # (B, C, H / p, W / p)
+        x = self.image_check(x)
+        if self.dynamic_img_pad:
+            x = pad_image_to_multiple(x, self.patch_size)
+        x = self.patch_embed(x)  # (B, C, ceil(H / p), ceil(W / p))
         grid_size = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, H * W, C)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1), grid_size

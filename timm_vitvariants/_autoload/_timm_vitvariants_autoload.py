@@ -24,15 +24,18 @@ def enabled() -> bool:
 class _LoaderWithPlugin:
     """Wraps timm's own loader; after ``timm/__init__.py`` has run, imports the plugin."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, watcher):
         self._loader = loader
+        self._watcher = watcher
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        # Give timm its own loader back, so nothing downstream ever sees the wrapper.
+        # Done: leave sys.meta_path, and give timm its own loader back, so nothing downstream sees the wrapper.
+        if self._watcher in sys.meta_path:
+            sys.meta_path.remove(self._watcher)
         module.__loader__ = self._loader
         if module.__spec__ is not None:
             module.__spec__.loader = self._loader
@@ -52,19 +55,27 @@ class _LoaderWithPlugin:
 
 
 class TimmImportWatcher:
-    """A ``sys.meta_path`` finder that only reacts to the top-level ``timm`` package."""
+    """A ``sys.meta_path`` finder that only reacts to the top-level ``timm`` package.
+
+    It stays in place until timm is actually executed: libraries that only ask whether timm is
+    installed (``importlib.util.find_spec('timm')``, as transformers does) get a spec and no import."""
+
+    def __init__(self):
+        self._finding = False  # while the other finders are asked, this one answers nothing
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != 'timm':
+        if fullname != 'timm' or self._finding:
             return None
         import importlib.util
 
-        # One shot: leave sys.meta_path, find timm with the other finders, wrap its loader.
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec('timm')
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec('timm')
+        finally:
+            self._finding = False
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _LoaderWithPlugin(spec.loader)
+        spec.loader = _LoaderWithPlugin(spec.loader, self)
         return spec
 
 
