@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm_vitvariants.info import count_gmacs
+from timm_vitvariants.info import count_gmacs, published_weights
 from timm_vitvariants.regionvit import IBM_RELEASE, checkpoint_filter_fn
 
 from parity import max_rel_error
@@ -120,6 +120,7 @@ def test_in1k_tags_name_ibm_release_and_preprocessing(name, file):
     assert cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bicubic' and cfg['input_size'] == (3, 224, 224)
     assert tuple(cfg['mean']) == IMAGENET_DEFAULT_MEAN and tuple(cfg['std']) == IMAGENET_DEFAULT_STD
     assert cfg['license'] == 'apache-2.0' and 'not measured here' in cfg['notes'][0]
+    assert published_weights(name) == (f'{name}.in1k',)  # the table and the model cards list it
 
 
 @pytest.mark.parametrize('source', ['url', 'file'])

@@ -40,8 +40,8 @@ def list_variants() -> List[str]:
 
 
 def published_weights(name: str) -> Tuple[str, ...]:
-    cfgs = get_arch_pretrained_cfgs(name)
-    return tuple(f'{name}.{tag}' if tag else name for tag, cfg in cfgs.items() if cfg.has_weights)
+    # timm keys the cfgs by 'name.tag' already
+    return tuple(tagged for tagged, cfg in get_arch_pretrained_cfgs(name).items() if cfg.has_weights)
 
 
 def count_gmacs(model: torch.nn.Module, input_size: Tuple[int, int, int]) -> float:
