@@ -233,3 +233,13 @@ def test_ibm_options_leave_the_vit_pytorch_layout_alone():
     assert 'stages.0.rel_pos.relative_position_bias_table' in keys and not any('local_norm' in k for k in keys)
     assert 'stages.0.blocks.1.rel_pos.relative_position_bias_table' in official
     assert 'stages.0.blocks.1.attn.local_norm.weight' in official and 'norm.weight' in official
+
+
+def test_convert_takes_a_bare_ibm_state_dict(tmp_path):
+    """The release file may hold only the weights (IBM's 'model' entry): the same conversion."""
+    from timm_vitvariants.hub import convert_ibm_checkpoint
+    state_dict, timm_args, expected = fixture('3conv')
+    torch.save(state_dict, tmp_path / 'weights.pth')
+    model = convert_ibm_checkpoint('regionvit_ibm_tiny', tmp_path / 'weights.pth', timm_args)
+    with torch.no_grad():
+        assert max_rel_error(model(expected['input']), expected['logits']) < 1e-5
