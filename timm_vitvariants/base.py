@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Uni
 import torch
 from torch import nn
 
-from timm.layers import get_device_dtype
+from timm.layers import get_device_dtype, to_2tuple
+from timm.models._input import update_model_input_size
 from timm.models._features import feature_take_indices
 
 from .layers import init_model_weights
@@ -32,6 +33,21 @@ def per_stage(value: Union[T, Sequence[T]], num_stages: int, name: str) -> Tuple
             raise ValueError(f'{name} needs one value or one per stage ({num_stages}), got {value}')
         return tuple(value)
     return (value,) * num_stages
+
+
+def windows_for_size(img_size: Optional[Tuple[int, int]], window_size: Optional[Union[int, Tuple[int, int]]],
+                     ratio: int = 32, default: int = 7) -> Tuple[int, int]:
+    """timm maxxvit's rule: an explicit ``window_size`` wins, else img_size / ``ratio`` per side
+    (224 -> 7, 384 -> 12, 512 -> 16), else ``default``."""
+    if window_size is not None:
+        window = to_2tuple(window_size)
+    elif img_size is not None:
+        window = tuple(max(1, s // ratio) for s in img_size)
+    else:
+        window = (default, default)
+    if min(window) < 1:
+        raise ValueError(f'window_size must be at least 1, got {window_size}')
+    return window
 
 
 def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[int]:
@@ -75,6 +91,31 @@ class ModelBase(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            window_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """The nominal input size (timm's ``set_input_size``). Nothing here depends on it, so it is only
+        recorded (data configs, exports); families with size-dependent windows override this."""
+        if window_size is not None:
+            raise ValueError(
+                f'{type(self).__name__} has no window that depends on the input size: pass img_size only')
+        self._record_input_size(img_size)
+
+    @torch.jit.ignore
+    def _record_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]], **model_args: Any) -> None:
+        """Where timm and its data configs read the input size: the model's traits and reconstruction
+        arguments (timm's ``update_model_input_size``) and ``pretrained_cfg['input_size']``."""
+        if img_size is None:
+            return
+        self.img_size = to_2tuple(img_size)
+        update_model_input_size(self, self.img_size, **model_args)
+        cfg = getattr(self, 'pretrained_cfg', None)
+        if cfg is not None:
+            self.pretrained_cfg = self.default_cfg = {**cfg, 'input_size': (cfg['input_size'][0], *self.img_size)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

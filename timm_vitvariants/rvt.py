@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm
-from timm.layers import DropPath, GluMlp, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, GluMlp, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -177,6 +177,7 @@ class RvT(ModelBase):
             self,
             patch_size: int = 16,
             in_chans: int = 3,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             global_pool: str = 'token',
             embed_dim: int = 192,
@@ -215,6 +216,7 @@ class RvT(ModelBase):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
 
         self.dynamic_img_pad = dynamic_img_pad
         self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=1 if dynamic_img_pad else patch_size)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 import timm
-from timm.layers import LayerNorm2d, NormMlpClassifierHead, calculate_drop_path_rates
+from timm.layers import LayerNorm2d, NormMlpClassifierHead, calculate_drop_path_rates, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs
 
 from ._factory import base_cfg, build_variant, register_variant
@@ -157,6 +157,7 @@ class ScalableViT(StageModel):
 
     Args:
         in_chans: Number of input image channels (vit-pytorch ``channels``).
+        img_size: Nominal input size, recorded for data configs (every size from the minimum runs).
         num_classes: Number of classes, 0 for no classifier.
         global_pool: 'avg' or '' (no pooling).
         embed_dim: Width of the first stage, doubled per stage (vit-pytorch ``dim``), or one width per stage.
@@ -182,6 +183,7 @@ class ScalableViT(StageModel):
     def __init__(
             self,
             in_chans: int = 3,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             global_pool: str = 'avg',
             embed_dim: Union[int, Tuple[int, ...]] = 64,
@@ -230,6 +232,7 @@ class ScalableViT(StageModel):
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]

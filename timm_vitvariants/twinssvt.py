@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import ClassifierHead, calculate_drop_path_rates
+from timm.layers import ClassifierHead, calculate_drop_path_rates, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models._manipulate import adapt_input_conv
 
@@ -133,6 +133,7 @@ class TwinsSVT(StageModel):
 
     Args:
         in_chans: Number of input image channels.
+        img_size: Nominal input size, recorded for data configs (every size from the minimum runs).
         num_classes: Number of classes, 0 for no classifier.
         global_pool: 'avg' or '' (no pooling).
         embed_dims: Width per stage (vit-pytorch ``s*_emb_dim``).
@@ -153,6 +154,7 @@ class TwinsSVT(StageModel):
     def __init__(
             self,
             in_chans: int = 3,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             global_pool: str = 'avg',
             embed_dims: Tuple[int, ...] = (64, 128, 256, 512),
@@ -192,6 +194,7 @@ class TwinsSVT(StageModel):
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dims[-1]
