@@ -233,8 +233,9 @@ def window_padding_mask(
     if not pad_h and not pad_w:
         return None
     padded = F.pad(torch.zeros(1, H, W, 1, device=device, dtype=dtype), (0, 0, 0, pad_w, 0, pad_h), value=1.)
-    partition = grid_partition if grid else window_partition
-    padded = partition(padded, window_size).transpose(1, 2)  # (num_windows, 1, wh * ww)
+    # an if, not a function value: TorchScript cannot call a function held in a variable
+    padded = grid_partition(padded, window_size) if grid else window_partition(padded, window_size)
+    padded = padded.transpose(1, 2)  # (num_windows, 1, wh * ww)
     padded = F.pad(padded, (num_prefix_tokens, 0))
     return padded.masked_fill(padded > 0, float('-inf'))
 
