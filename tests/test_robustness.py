@@ -10,6 +10,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,11 @@ def test_bad_input(name):
         (torch.empty(1, c, h, w, dtype=torch.uint8, **meta), TypeError, 'floating point'),
         (torch.empty(1, c, h, w, dtype=torch.bool, **meta), TypeError, 'floating point'),
         (torch.empty(0, c, h, w, **meta), ValueError, 'empty batch'),
+        (torch.empty(1, c, h, w, dtype=torch.complex64, **meta), TypeError, 'floating point.*complex64'),
+        (torch.empty(1, c, h, 0, **meta), ValueError, rf'empty image \({h}x0\)'),
+        (torch.empty(1, c, 0, w, **meta), ValueError, rf'empty image \(0x{w}\)'),
+        (np.zeros((1, c, h, w), dtype=np.float32), TypeError, 'torch.Tensor image batch.*numpy.ndarray'),
+        ([[0.5] * w] * h, TypeError, 'torch.Tensor image batch.*list'),
         (torch.empty(1, c, *spec['too_small'], **meta), ValueError, 'x'.join(map(str, spec['too_small']))),
     ] + [(torch.empty(1, c, *size, **meta), ValueError, 'x'.join(map(str, size))) for size in spec['invalid']]
     for x, error, message in cases:
