@@ -74,6 +74,82 @@ def test_bad_input(name):
                 entry(x)
 
 
+# --- bad constructor arguments ---------------------------------------------------------------
+
+DROP_RATES = ('drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate')
+COMMON_BAD_ARGS = [
+    (dict(num_classes=-1), r'num_classes must be >= 0 \(0 for no classifier\), got -1'),
+    (dict(in_chans=0), 'in_chans must be >= 1, got 0'),
+    (dict(global_pool='max'), "global_pool must be .*'avg'.*, got 'max'"),
+] + [(dict(**{name: rate}), rf'{name} must be in \[0, 1\), got {rate}') for name in DROP_RATES for rate in (1., -0.1)]
+# widths, depths, heads and windows out of range; every variant has four stages
+FAMILY_BAD_ARGS = {
+    'maxvit_reg': [
+        (dict(embed_dim=0), 'embed_dim must be >= 1'),
+        (dict(depths=(2, 2, 0, 2)), r'depths must be >= 1, got \(2, 2, 0, 2\)'),
+        (dict(depths=()), 'num_stages must be >= 1'),
+        (dict(head_dim=0), 'head_dim must be >= 1'),
+        (dict(head_dim=40), 'every stage width must be a multiple of head_dim=40'),
+        (dict(window_size=0), 'window_size must be >= 1'),
+        (dict(stem_width=0), 'stem_width must be >= 1'),
+        (dict(num_registers=0), 'num_registers must be at least 1'),
+    ],
+    'regionvit': [
+        (dict(embed_dim=(64, 0, 256, 512)), 'embed_dim must be >= 1'),
+        (dict(depths=(2, 0, 8, 2)), 'every depth must be >= 1'),
+        (dict(num_heads=0), 'num_heads must be >= 1'),
+        (dict(head_dim=0), 'head_dim must be >= 1'),
+        (dict(window_size=0), 'window_size.* must be >= 1'),
+    ],
+    'rvt': [
+        (dict(**{name: 0}), f'{name} must be >= 1, got 0')
+        for name in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'head_dim', 'mlp_hidden_dim')
+    ] + [(dict(query_kernel_size=4), 'query_kernel_size must be a positive odd integer')],
+    'scalablevit': [
+        (dict(embed_dim=0), 'embed_dim must be >= 1'),
+        (dict(depths=(1, -1, 1, 1)), 'non-negative number of block pairs'),
+        (dict(num_heads=0), 'num_heads must be positive integers'),
+        (dict(window_size=0), 'window_size must be positive integers or None'),
+        (dict(reduction_factor=0), 'reduction_factor must be positive integers'),
+    ],
+    'twinssvt': [
+        (dict(embed_dims=(64, 0, 256, 512)), 'embed_dims must be >= 1'),
+        (dict(depths=(1, 0, 1, 1)), r'at least one unit \(depths >= 1\)'),
+    ] + [(dict(**{name: 0}), f'{name} must be >= 1') for name in
+         ('num_heads', 'head_dim', 'patch_sizes', 'window_size', 'global_k')],
+}
+
+
+def test_every_family_has_bad_argument_cases():
+    assert set(FAMILIES) == set(FAMILY_BAD_ARGS)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_bad_constructor_arguments(name):
+    for kwargs, message in COMMON_BAD_ARGS + FAMILY_BAD_ARGS[family_of(name)]:
+        with pytest.raises(ValueError, match=message):
+            timm.create_model(name, device='meta', **kwargs)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_edge_arguments_and_train_py_kwargs_build(name):
+    """The ends of the valid ranges build, and so do train.py's create_model kwargs (None ones dropped)."""
+    edges = dict(num_classes=0, in_chans=1, **{rate: 0.9 for rate in DROP_RATES})
+    model = timm.create_model(name, device='meta', **edges).eval()
+    assert model.num_classes == 0 and model(torch.empty(1, 1, *model.pretrained_cfg['input_size'][1:],
+                                                        device='meta')).shape[-1] == model.num_features
+    train_py = dict(pretrained=False, in_chans=3, num_classes=10, drop_rate=0., drop_path_rate=None,
+                    drop_block_rate=None, global_pool=None, bn_momentum=None, bn_eps=None, scriptable=False,
+                    checkpoint_path='')
+    assert timm.create_model(name, device='meta', **train_py).num_classes == 10
+
+
+def test_scalablevit_keeps_stages_without_block_pairs():
+    """Its documented depth rule is >= 0 (a stage of downsampling only)."""
+    model = timm.create_model('scalablevit_tiny', device='meta', depths=(1, 0, 1, 1))
+    assert len(model.stages[1].blocks) == 0
+
+
 # --- supported sizes --------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name', VARIANTS)

@@ -43,6 +43,34 @@ def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[
     return list(embed_dim)
 
 
+def check_common_args(
+        num_classes: int,
+        in_chans: int,
+        global_pool: str,
+        pools: Sequence[str],
+        **drop_rates: float,
+) -> None:
+    """The constructor arguments every family shares, checked before anything is built: ``num_classes``
+    >= 0, ``in_chans`` >= 1, ``global_pool`` one of ``pools``, every drop rate in [0, 1)."""
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0 (0 for no classifier), got {num_classes}')
+    if in_chans < 1:
+        raise ValueError(f'in_chans must be >= 1, got {in_chans}')
+    if global_pool not in pools:
+        names = [repr(p) for p in pools]
+        raise ValueError(f"global_pool must be {', '.join(names[:-1])} or {names[-1]} (none), got {global_pool!r}")
+    for name, rate in drop_rates.items():
+        if not 0. <= rate < 1.:
+            raise ValueError(f'{name} must be in [0, 1), got {rate}')
+
+
+def check_positive(**values: Union[int, Sequence[int]]) -> None:
+    """Each value (a number or one per stage) must be >= 1: widths, depths, heads, windows."""
+    for name, value in values.items():
+        if any(v < 1 for v in (value if isinstance(value, (tuple, list)) else (value,))):
+            raise ValueError(f'{name} must be >= 1, got {value}')
+
+
 def check_output_fmt(output_fmt: str) -> None:
     """forward_intermediates' formats: 'NCHW' or 'NHWC'."""
     if output_fmt not in ('NCHW', 'NHWC'):
