@@ -215,6 +215,30 @@ def test_meta_build_then_to_empty_and_init(family):
 
 
 @pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('build', ['context', 'create_model'])
+def test_meta_build_then_load_state_dict_with_assign(family, build):
+    """transformers' loading path: build on meta, ``to_empty``, rebuild the non-persistent buffers,
+    ``load_state_dict(..., assign=True)``; the result computes exactly what the original does."""
+    original = small_model(family).eval()
+    if build == 'context':
+        with torch.device('meta'):
+            model = timm.create_model(f'{family}_tiny', **SPECS[family]['small'])
+    else:
+        model = timm.create_model(f'{family}_tiny', device='meta', **SPECS[family]['small'])
+    model = model.to_empty(device=DEVICE).eval()
+    if build == 'context':
+        model.init_non_persistent_buffers()
+    else:
+        timm.models._manipulate.reinit_non_persistent_buffers(model)
+    model.load_state_dict(original.state_dict(), assign=True)
+    for (name, t), (_, expected) in zip(model.named_buffers(), original.named_buffers()):
+        assert torch.equal(t, expected), name
+    x = small_input(family)
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))
+
+
+@pytest.mark.parametrize('family', FAMILIES)
 def test_copy_pickle_and_state_dict_round_trip(family):
     model = small_model(family).eval()
     x = small_input(family)

@@ -97,6 +97,15 @@ class ModelBase(nn.Module):
         init_model_weights(self)
 
     @torch.jit.ignore
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Rebuilds the buffers state dicts do not carry (relative-position indices), as timm models do:
+        after ``to_empty`` these hold garbage, and ``load_state_dict`` does not restore them."""
+        for module in self.modules():
+            if module is not self and hasattr(module, 'init_non_persistent_buffers'):
+                module.init_non_persistent_buffers()
+
+    @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         return {n for n, _ in self.named_parameters() if any(k in n for k in NO_WEIGHT_DECAY_KEYS)}
 
