@@ -46,7 +46,7 @@ def windows_for_size(img_size: Optional[Tuple[int, int]], window_size: Optional[
     else:
         window = (default, default)
     if min(window) < 1:
-        raise ValueError(f'window_size must be at least 1, got {window_size}')
+        raise ValueError(f'window_size must be >= 1, got {window_size}')
     return window
 
 
@@ -57,6 +57,34 @@ def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[
     if len(embed_dim) != num_stages:
         raise ValueError(f'embed_dim needs one width per stage ({num_stages}), got {embed_dim}')
     return list(embed_dim)
+
+
+def check_common_args(
+        num_classes: int,
+        in_chans: int,
+        global_pool: str,
+        pools: Sequence[str],
+        **drop_rates: float,
+) -> None:
+    """The constructor arguments every family shares, checked before anything is built: ``num_classes``
+    >= 0, ``in_chans`` >= 1, ``global_pool`` one of ``pools``, every drop rate in [0, 1)."""
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0 (0 for no classifier), got {num_classes}')
+    if in_chans < 1:
+        raise ValueError(f'in_chans must be >= 1, got {in_chans}')
+    if global_pool not in pools:
+        names = [repr(p) for p in pools]
+        raise ValueError(f"global_pool must be {', '.join(names[:-1])} or {names[-1]} (none), got {global_pool!r}")
+    for name, rate in drop_rates.items():
+        if not 0. <= rate < 1.:
+            raise ValueError(f'{name} must be in [0, 1), got {rate}')
+
+
+def check_positive(**values: Union[int, Sequence[int]]) -> None:
+    """Each value (a number or one per stage) must be >= 1: widths, depths, heads, windows."""
+    for name, value in values.items():
+        if any(v < 1 for v in (value if isinstance(value, (tuple, list)) else (value,))):
+            raise ValueError(f'{name} must be >= 1, got {value}')
 
 
 def check_output_fmt(output_fmt: str) -> None:
@@ -83,6 +111,15 @@ class ModelBase(nn.Module):
         """Re-initializes every parameter and buffer, e.g. after ``create_model(..., device='meta')``
         and ``to_empty(device=...)``."""
         init_model_weights(self)
+
+    @torch.jit.ignore
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Rebuilds the buffers state dicts do not carry (relative-position indices), as timm models do:
+        after ``to_empty`` these hold garbage, and ``load_state_dict`` does not restore them."""
+        for module in self.modules():
+            if module is not self and hasattr(module, 'init_non_persistent_buffers'):
+                module.init_non_persistent_buffers()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:

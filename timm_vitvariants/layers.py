@@ -269,8 +269,9 @@ def window_padding_mask(
     if not pad_h and not pad_w:
         return None
     padded = F.pad(torch.zeros(1, H, W, 1, device=device, dtype=dtype), (0, 0, 0, pad_w, 0, pad_h), value=1.)
-    partition = grid_partition if grid else window_partition
-    padded = partition(padded, window_size).transpose(1, 2)  # (num_windows, 1, wh * ww)
+    # an if, not a function value: TorchScript cannot call a function held in a variable
+    padded = grid_partition(padded, window_size) if grid else window_partition(padded, window_size)
+    padded = padded.transpose(1, 2)  # (num_windows, 1, wh * ww)
     padded = F.pad(padded, (num_prefix_tokens, 0))
     return padded.masked_fill(padded > 0, float('-inf'))
 
@@ -481,7 +482,7 @@ class ReducedKVAttention(HeadsAttention):
 class ImageCheck(nn.Module):
     """Validates the image batch a model receives and returns it unchanged.
 
-    A non-empty floating-point (B, in_chans, H, W) batch with H, W >= ``min_size`` and, if
+    A non-empty floating-point (not complex) (B, in_chans, H, W) tensor with H, W >= ``min_size`` and, if
     ``multiple`` > 1, multiples of it. Families with further size rules override ``check_size``.
     """
 
@@ -494,6 +495,11 @@ class ImageCheck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name, chans = self.model_name, self.in_chans
+        # TorchScript resolves this statically (x is a Tensor there) and compiles no raise
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f'{name} expects a torch.Tensor image batch (B, {chans}, H, W), got {type(x).__module__}.'
+                f'{type(x).__qualname__}; convert it with torch.as_tensor (numpy: torch.from_numpy) first')
         if x.dim() != 4:
             raise ValueError(
                 f'{name} expects a 4-D image batch (B, {chans}, H, W), '
@@ -508,6 +514,8 @@ class ImageCheck(nn.Module):
             raise ValueError(
                 f'{name} was built for {chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); '
                 f'create it with in_chans={x.shape[1]} for such images')
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f'{name} got an empty image ({x.shape[2]}x{x.shape[3]}), height and width must be >= 1')
         self.check_size(x.shape[2], x.shape[3])
         return x
 

@@ -40,7 +40,7 @@ from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_module
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, stage_widths, windows_for_size
+from .base import StageModel, check_common_args, check_positive, stage_widths, windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
     HeadsAttention, ImageCheck, RelPosBias, WindowDropPath, grid_partition, grid_reverse, pad_to_multiple,
@@ -328,14 +328,17 @@ class MaxViTReg(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(depths)
+        check_positive(num_stages=num_stages, depths=depths, embed_dim=embed_dim, head_dim=head_dim,
+                       stem_width=1 if stem_width is None else stem_width)  # windows: windows_for_size
         dims = stage_widths(embed_dim, num_stages)
         if any(d % head_dim for d in dims):
             raise ValueError(f'every stage width must be a multiple of head_dim={head_dim}, got {dims}')
         if num_registers < 1:
             raise ValueError(f'num_registers must be at least 1, got {num_registers}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         stem_width = stem_width or dims[0]
         self.img_size = to_2tuple(img_size or 224)
         window = windows_for_size(self.img_size if img_size is not None else None, window_size)

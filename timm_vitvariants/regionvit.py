@@ -47,7 +47,7 @@ from timm.models import checkpoint, generate_default_cfgs, register_notrace_func
 from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, check_output_fmt, per_stage, to_format
+from .base import StageModel, check_common_args, check_output_fmt, check_positive, per_stage, to_format
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import HeadsAttention, ImageCheck, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, resample_rel_pos_tables, window_partition, window_reverse
@@ -384,6 +384,9 @@ class RegionViT(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(depths)
         dims = per_stage(embed_dim, num_stages, 'embed_dim')
         heads = per_stage(num_heads, num_stages, 'num_heads')
@@ -396,8 +399,7 @@ class RegionViT(StageModel):
         if window_size < 1 or num_stages < 1 or min(depths) < 1:
             raise ValueError(f'window_size, the number of stages and every depth must be >= 1, got '
                              f'window_size={window_size}, depths={depths}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        check_positive(embed_dim=dims, num_heads=heads, head_dim=head_dims)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool

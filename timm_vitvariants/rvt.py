@@ -37,7 +37,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import ModelBase, check_output_fmt
+from .base import ModelBase, check_common_args, check_output_fmt, check_positive
 from .convert import copy_linear_mlp, register_converter
 from .layers import HeadsAttention, ImageCheck, pad_image_to_multiple, split_heads
 
@@ -200,12 +200,11 @@ class RvT(ModelBase):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if global_pool not in ('token', 'avg', ''):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-        for name, value in dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-                                num_heads=num_heads, head_dim=head_dim, mlp_hidden_dim=mlp_hidden_dim).items():
-            if value < 1:
-                raise ValueError(f'{name} must be a positive integer, got {value}')
+        check_common_args(
+            num_classes, in_chans, global_pool, ('token', 'avg', ''), drop_rate=drop_rate,
+            proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_positive(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                       head_dim=head_dim, mlp_hidden_dim=mlp_hidden_dim)
         if query_kernel_size < 1 or query_kernel_size % 2 == 0:
             raise ValueError(f'query_kernel_size must be a positive odd integer, got {query_kernel_size}')
         self.num_classes = num_classes

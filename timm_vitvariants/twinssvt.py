@@ -46,7 +46,7 @@ from timm.models import checkpoint, generate_default_cfgs
 from timm.models._manipulate import adapt_input_conv
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, per_stage
+from .base import StageModel, check_common_args, check_positive, per_stage
 from .convert import copy_channel_norm, copy_conv1x1, copy_conv_mlp, register_converter
 from .layers import ImageCheck, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention, pad_image_to_multiple
 
@@ -175,6 +175,9 @@ class TwinsSVT(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(embed_dims)
         if num_stages < 1 or len(depths) != num_stages:
             raise ValueError(f'embed_dims and depths need one value per stage, got {embed_dims} and {depths}')
@@ -185,14 +188,10 @@ class TwinsSVT(StageModel):
         patches = per_stage(patch_sizes, num_stages, 'patch_sizes')
         windows = per_stage(window_size, num_stages, 'window_size')
         reductions = per_stage(global_k, num_stages, 'global_k')
-        for name, values in (('num_heads', heads), ('head_dim', head_dims), ('patch_sizes', patches),
-                             ('window_size', windows), ('global_k', reductions)):
-            if any(v < 1 for v in values):
-                raise ValueError(f'{name} must be positive integers, got {values}')
+        check_positive(embed_dims=embed_dims, num_heads=heads, head_dim=head_dims, patch_sizes=patches,
+                       window_size=windows, global_k=reductions)
         if pos_kernel_size < 1 or pos_kernel_size % 2 == 0:
             raise ValueError(f'pos_kernel_size must be a positive odd integer, got {pos_kernel_size}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         self.in_chans = in_chans
         self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
         self.num_classes = num_classes
