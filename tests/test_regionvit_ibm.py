@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm_vitvariants.info import count_gmacs, published_weights
-from timm_vitvariants.regionvit import IBM_RELEASE, checkpoint_filter_fn
+from timm_vitvariants.regionvit import IBM_RELEASE, _remap_ibm_state_dict, checkpoint_filter_fn
 
 from parity import max_rel_error
 
@@ -67,9 +67,8 @@ def test_outputs_equal_ibm_official_code(kind):
 
 
 def test_remap_leaves_other_state_dicts_alone():
-    model = timm.create_model('regionvit_ibm_tiny', device='meta')
-    ours = model.state_dict()
-    assert checkpoint_filter_fn(ours, model) is ours
+    ours = timm.create_model('regionvit_ibm_tiny', device='meta').state_dict()
+    assert _remap_ibm_state_dict(ours) is ours
 
 
 def test_rel_pos_tables_are_ours_permuted():
@@ -82,8 +81,7 @@ def test_rel_pos_tables_are_ours_permuted():
     key_minus_query_y = (dy - window // 2 + window - 1) % span - (window - 1)
     key_minus_query_x = (dx - window // 2 + window - 1) % span - (window - 1)
     table = torch.stack([key_minus_query_y, key_minus_query_x]).reshape(2, -1).float()  # (heads=2, span ** 2)
-    remapped = checkpoint_filter_fn(
-        {'cls_token.proj.weight': torch.zeros(1), 'layers.0.block.1.attn.rel_pos': table}, None)
+    remapped = _remap_ibm_state_dict({'cls_token.proj.weight': torch.zeros(1), 'layers.0.block.1.attn.rel_pos': table})
     ours = remapped['stages.0.blocks.0.rel_pos.relative_position_bias_table']  # (span ** 2, heads)
     offsets = torch.stack(torch.meshgrid(torch.arange(span), torch.arange(span), indexing='ij')).reshape(2, -1)
     query_minus_key = offsets.t() - (window - 1)
@@ -243,3 +241,12 @@ def test_convert_takes_a_bare_ibm_state_dict(tmp_path):
     model = convert_ibm_checkpoint('regionvit_ibm_tiny', tmp_path / 'weights.pth', timm_args)
     with torch.no_grad():
         assert max_rel_error(model(expected['input']), expected['logits']) < 1e-5
+
+
+def test_ibm_weights_into_another_window():
+    """IBM's checkpoint remapped first, then resampled to the model's window (tables and region kernel)."""
+    state_dict, timm_args, expected = fixture('3conv')
+    model = timm.create_model('regionvit_ibm_tiny', **dict(timm_args, window_size=5)).eval()
+    model.load_state_dict(checkpoint_filter_fn(state_dict, model))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 40, 80))).all()

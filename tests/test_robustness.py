@@ -10,6 +10,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,12 +61,93 @@ def test_bad_input(name):
         (torch.empty(1, c, h, w, dtype=torch.uint8, **meta), TypeError, 'floating point'),
         (torch.empty(1, c, h, w, dtype=torch.bool, **meta), TypeError, 'floating point'),
         (torch.empty(0, c, h, w, **meta), ValueError, 'empty batch'),
+        (torch.empty(1, c, h, w, dtype=torch.complex64, **meta), TypeError, 'floating point.*complex64'),
+        (torch.empty(1, c, h, 0, **meta), ValueError, rf'empty image \({h}x0\)'),
+        (torch.empty(1, c, 0, w, **meta), ValueError, rf'empty image \(0x{w}\)'),
+        (np.zeros((1, c, h, w), dtype=np.float32), TypeError, 'torch.Tensor image batch.*numpy.ndarray'),
+        ([[0.5] * w] * h, TypeError, 'torch.Tensor image batch.*list'),
         (torch.empty(1, c, *spec['too_small'], **meta), ValueError, 'x'.join(map(str, spec['too_small']))),
     ] + [(torch.empty(1, c, *size, **meta), ValueError, 'x'.join(map(str, size))) for size in spec['invalid']]
     for x, error, message in cases:
         for entry in (model, lambda t: model.forward_intermediates(t, intermediates_only=True)):
             with pytest.raises(error, match=message):
                 entry(x)
+
+
+# --- bad constructor arguments ---------------------------------------------------------------
+
+DROP_RATES = ('drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate')
+COMMON_BAD_ARGS = [
+    (dict(num_classes=-1), r'num_classes must be >= 0 \(0 for no classifier\), got -1'),
+    (dict(in_chans=0), 'in_chans must be >= 1, got 0'),
+    (dict(global_pool='max'), "global_pool must be .*'avg'.*, got 'max'"),
+] + [(dict(**{name: rate}), rf'{name} must be in \[0, 1\), got {rate}') for name in DROP_RATES for rate in (1., -0.1)]
+# widths, depths, heads and windows out of range; every variant has four stages
+FAMILY_BAD_ARGS = {
+    'maxvit_reg': [
+        (dict(embed_dim=0), 'embed_dim must be >= 1'),
+        (dict(depths=(2, 2, 0, 2)), r'depths must be >= 1, got \(2, 2, 0, 2\)'),
+        (dict(depths=()), 'num_stages must be >= 1'),
+        (dict(head_dim=0), 'head_dim must be >= 1'),
+        (dict(head_dim=40), 'every stage width must be a multiple of head_dim=40'),
+        (dict(window_size=0), 'window_size must be >= 1'),
+        (dict(stem_width=0), 'stem_width must be >= 1'),
+        (dict(num_registers=0), 'num_registers must be at least 1'),
+    ],
+    'regionvit': [
+        (dict(embed_dim=(64, 0, 256, 512)), 'embed_dim must be >= 1'),
+        (dict(depths=(2, 0, 8, 2)), 'every depth must be >= 1'),
+        (dict(num_heads=0), 'num_heads must be >= 1'),
+        (dict(head_dim=0), 'head_dim must be >= 1'),
+        (dict(window_size=0), 'window_size.* must be >= 1'),
+    ],
+    'rvt': [
+        (dict(**{name: 0}), f'{name} must be >= 1, got 0')
+        for name in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'head_dim', 'mlp_hidden_dim')
+    ] + [(dict(query_kernel_size=4), 'query_kernel_size must be a positive odd integer')],
+    'scalablevit': [
+        (dict(embed_dim=0), 'embed_dim must be >= 1'),
+        (dict(depths=(1, -1, 1, 1)), 'non-negative number of block pairs'),
+        (dict(num_heads=0), 'num_heads must be positive integers'),
+        (dict(window_size=0), 'window_size must be positive integers or None'),
+        (dict(reduction_factor=0), 'reduction_factor must be positive integers'),
+    ],
+    'twinssvt': [
+        (dict(embed_dims=(64, 0, 256, 512)), 'embed_dims must be >= 1'),
+        (dict(depths=(1, 0, 1, 1)), r'at least one unit \(depths >= 1\)'),
+    ] + [(dict(**{name: 0}), f'{name} must be >= 1') for name in
+         ('num_heads', 'head_dim', 'patch_sizes', 'window_size', 'global_k')],
+}
+
+
+def test_every_family_has_bad_argument_cases():
+    assert set(FAMILIES) == set(FAMILY_BAD_ARGS)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_bad_constructor_arguments(name):
+    for kwargs, message in COMMON_BAD_ARGS + FAMILY_BAD_ARGS[family_of(name)]:
+        with pytest.raises(ValueError, match=message):
+            timm.create_model(name, device='meta', **kwargs)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_edge_arguments_and_train_py_kwargs_build(name):
+    """The ends of the valid ranges build, and so do train.py's create_model kwargs (None ones dropped)."""
+    edges = dict(num_classes=0, in_chans=1, **{rate: 0.9 for rate in DROP_RATES})
+    model = timm.create_model(name, device='meta', **edges).eval()
+    assert model.num_classes == 0 and model(torch.empty(1, 1, *model.pretrained_cfg['input_size'][1:],
+                                                        device='meta')).shape[-1] == model.num_features
+    train_py = dict(pretrained=False, in_chans=3, num_classes=10, drop_rate=0., drop_path_rate=None,
+                    drop_block_rate=None, global_pool=None, bn_momentum=None, bn_eps=None, scriptable=False,
+                    checkpoint_path='')
+    assert timm.create_model(name, device='meta', **train_py).num_classes == 10
+
+
+def test_scalablevit_keeps_stages_without_block_pairs():
+    """Its documented depth rule is >= 0 (a stage of downsampling only)."""
+    model = timm.create_model('scalablevit_tiny', device='meta', depths=(1, 0, 1, 1))
+    assert len(model.stages[1].blocks) == 0
 
 
 # --- supported sizes --------------------------------------------------------------------------
@@ -132,6 +214,30 @@ def test_meta_build_then_to_empty_and_init(family):
         assert torch.isfinite(t.float()).all(), name
     with torch.no_grad():
         assert torch.isfinite(model(small_input(family))).all()
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('build', ['context', 'create_model'])
+def test_meta_build_then_load_state_dict_with_assign(family, build):
+    """transformers' loading path: build on meta, ``to_empty``, rebuild the non-persistent buffers,
+    ``load_state_dict(..., assign=True)``; the result computes exactly what the original does."""
+    original = small_model(family).eval()
+    if build == 'context':
+        with torch.device('meta'):
+            model = timm.create_model(f'{family}_tiny', **SPECS[family]['small'])
+    else:
+        model = timm.create_model(f'{family}_tiny', device='meta', **SPECS[family]['small'])
+    model = model.to_empty(device=DEVICE).eval()
+    if build == 'context':
+        model.init_non_persistent_buffers()
+    else:
+        timm.models._manipulate.reinit_non_persistent_buffers(model)
+    model.load_state_dict(original.state_dict(), assign=True)
+    for (name, t), (_, expected) in zip(model.named_buffers(), original.named_buffers()):
+        assert torch.equal(t, expected), name
+    x = small_input(family)
+    with torch.no_grad():
+        assert torch.equal(model(x), original(x))
 
 
 @pytest.mark.parametrize('family', FAMILIES)

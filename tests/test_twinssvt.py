@@ -66,7 +66,7 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize('bad,match', [
     (dict(num_heads=(2, 2)), 'num_heads needs one value or one per stage'),
-    (dict(global_k=0), 'global_k must be positive'),
+    (dict(global_k=0), 'global_k must be >= 1'),
     (dict(pos_kernel_size=2), 'pos_kernel_size'),
     (dict(depths=(1, 0, 1, 1)), 'at least one unit'),
     (dict(global_pool='max'), 'global_pool'),

@@ -12,9 +12,11 @@ from . import rvt  # noqa: F401
 from . import regionvit  # noqa: F401
 from ._hub_load import install as _install_hub_readers
 
-__all__ = ['__version__', 'from_vit_pytorch', 'MODEL_MODULES']
+__all__ = ['__version__', 'from_vit_pytorch', 'load_resampled', 'MODEL_MODULES']
 
 # The family modules, as timm's registry names them (timm.list_models(module=...)).
 MODEL_MODULES = ('maxvit_reg', 'regionvit', 'rvt', 'scalablevit', 'twinssvt')
+
+from .hub import load_resampled  # noqa: E402  (hub imports MODEL_MODULES)
 
 _install_hub_readers()  # config.json from the Hub or a folder: checked, with errors that say where

@@ -10,6 +10,7 @@ except ImportError:  # older: one class for remote and local misses
     from huggingface_hub.utils import EntryNotFoundError as RemoteEntryNotFoundError
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, register_model
 from timm.models._builder import _resolve_pretrained_source, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet
@@ -67,6 +68,11 @@ def build_variant(
     a clear error, instead of random weights, when no weights are published, and Hub weights read
     only from a safetensors file (a repo with only a pickle checkpoint is refused, never unpickled)."""
     load_from, location, verified = None, None, None
+    if kwargs.get('img_size') is not None:
+        # the configured input size follows img_size, so timm's data configs give the matching transform
+        height, width = to_2tuple(kwargs['img_size'])
+        kwargs['pretrained_cfg_overlay'] = {
+            **(kwargs.get('pretrained_cfg_overlay') or {}), 'input_size': (kwargs.get('in_chans', 3), height, width)}
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant,

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Uni
 import torch
 from torch import nn
 
-from timm.layers import get_device_dtype
+from timm.layers import get_device_dtype, to_2tuple
+from timm.models._input import update_model_input_size
 from timm.models._features import feature_take_indices
 
 from .layers import init_model_weights
@@ -34,6 +35,21 @@ def per_stage(value: Union[T, Sequence[T]], num_stages: int, name: str) -> Tuple
     return (value,) * num_stages
 
 
+def windows_for_size(img_size: Optional[Tuple[int, int]], window_size: Optional[Union[int, Tuple[int, int]]],
+                     ratio: int = 32, default: int = 7) -> Tuple[int, int]:
+    """timm maxxvit's rule: an explicit ``window_size`` wins, else img_size / ``ratio`` per side
+    (224 -> 7, 384 -> 12, 512 -> 16), else ``default``."""
+    if window_size is not None:
+        window = to_2tuple(window_size)
+    elif img_size is not None:
+        window = tuple(max(1, s // ratio) for s in img_size)
+    else:
+        window = (default, default)
+    if min(window) < 1:
+        raise ValueError(f'window_size must be >= 1, got {window_size}')
+    return window
+
+
 def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[int]:
     """One width per stage: the first stage's, doubled per stage (vit-pytorch's ``dim``), or all of them."""
     if isinstance(embed_dim, int):
@@ -41,6 +57,34 @@ def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[
     if len(embed_dim) != num_stages:
         raise ValueError(f'embed_dim needs one width per stage ({num_stages}), got {embed_dim}')
     return list(embed_dim)
+
+
+def check_common_args(
+        num_classes: int,
+        in_chans: int,
+        global_pool: str,
+        pools: Sequence[str],
+        **drop_rates: float,
+) -> None:
+    """The constructor arguments every family shares, checked before anything is built: ``num_classes``
+    >= 0, ``in_chans`` >= 1, ``global_pool`` one of ``pools``, every drop rate in [0, 1)."""
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0 (0 for no classifier), got {num_classes}')
+    if in_chans < 1:
+        raise ValueError(f'in_chans must be >= 1, got {in_chans}')
+    if global_pool not in pools:
+        names = [repr(p) for p in pools]
+        raise ValueError(f"global_pool must be {', '.join(names[:-1])} or {names[-1]} (none), got {global_pool!r}")
+    for name, rate in drop_rates.items():
+        if not 0. <= rate < 1.:
+            raise ValueError(f'{name} must be in [0, 1), got {rate}')
+
+
+def check_positive(**values: Union[int, Sequence[int]]) -> None:
+    """Each value (a number or one per stage) must be >= 1: widths, depths, heads, windows."""
+    for name, value in values.items():
+        if any(v < 1 for v in (value if isinstance(value, (tuple, list)) else (value,))):
+            raise ValueError(f'{name} must be >= 1, got {value}')
 
 
 def check_output_fmt(output_fmt: str) -> None:
@@ -69,12 +113,46 @@ class ModelBase(nn.Module):
         init_model_weights(self)
 
     @torch.jit.ignore
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Rebuilds the buffers state dicts do not carry (relative-position indices), as timm models do:
+        after ``to_empty`` these hold garbage, and ``load_state_dict`` does not restore them."""
+        for module in self.modules():
+            if module is not self and hasattr(module, 'init_non_persistent_buffers'):
+                module.init_non_persistent_buffers()
+
+    @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         return {n for n, _ in self.named_parameters() if any(k in n for k in NO_WEIGHT_DECAY_KEYS)}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            window_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """The nominal input size (timm's ``set_input_size``). Nothing here depends on it, so it is only
+        recorded (data configs, exports); families with size-dependent windows override this."""
+        if window_size is not None:
+            raise ValueError(
+                f'{type(self).__name__} has no window that depends on the input size: pass img_size only')
+        self._record_input_size(img_size)
+
+    @torch.jit.ignore
+    def _record_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]], **model_args: Any) -> None:
+        """Where timm and its data configs read the input size: the model's traits and reconstruction
+        arguments (timm's ``update_model_input_size``) and ``pretrained_cfg['input_size']``."""
+        if img_size is None:
+            return
+        self.img_size = to_2tuple(img_size)
+        update_model_input_size(self, self.img_size, **model_args)
+        cfg = getattr(self, 'pretrained_cfg', None)
+        if cfg is not None:
+            self.pretrained_cfg = self.default_cfg = {**cfg, 'input_size': (cfg['input_size'][0], *self.img_size)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -14,6 +14,7 @@ import importlib
 import json
 import pickle
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -30,7 +31,7 @@ from .convert import from_vit_pytorch, supported_classes
 from .info import count_gmacs, paper_link
 
 __all__ = [
-    'WEIGHTS_FILE', 'HUB_FILES', 'read_state_dict', 'model_from_checkpoint', 'vit_pytorch_from_checkpoint',
+    'WEIGHTS_FILE', 'HUB_FILES', 'read_state_dict', 'load_resampled', 'model_from_checkpoint', 'vit_pytorch_from_checkpoint',
     'convert_checkpoint', 'convert_ibm_checkpoint', 'add_card_section',
     'export_folder', 'verify_folder', 'write_model_card', 'check_folder', 'push_folder', 'upload_plan',
     'HubDownloadError',
@@ -97,6 +98,18 @@ def load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: 
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f'{hint}: missing {result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}')
     return model
+
+
+def load_resampled(model: nn.Module, checkpoint: PathLike, use_ema: bool = False) -> nn.Module:
+    """Loads a checkpoint of another input resolution (a train.py ``last.pth.tar``/``model_best.pth.tar``,
+    a state dict or safetensors file) into ``model``, resampling what depends on the window as the
+    pretrained path does (the family's ``checkpoint_filter_fn``); every weight must fit after that."""
+    state_dict = read_state_dict(checkpoint, use_ema=use_ema)
+    family = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(family, 'checkpoint_filter_fn', None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    return load_weights(model, state_dict, str(checkpoint))
 
 
 def model_from_checkpoint(

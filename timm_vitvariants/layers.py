@@ -4,17 +4,17 @@ Tensor layouts are named in the signatures: NCHW for conv-style maps, NHWC for t
 spatial, (B, N, C) for token sequences and (B, heads, N, head_dim) for attention operands.
 Everything takes ``device``/``dtype`` so a model can be built on the meta device.
 """
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.layers import DropPath, Mlp, drop_path, trunc_normal_, use_fused_attn
+from timm.layers import DropPath, Mlp, drop_path, resize_rel_pos_bias_table, trunc_normal_, use_fused_attn
 from timm.models import named_apply, register_notrace_function, register_notrace_module
 
 __all__ = [
-    'scaled_dot_attention', 'split_heads', 'merge_heads', 'HeadsAttention', 'WindowAttention', 'ReducedKVAttention', 'RelPosBias',
+    'scaled_dot_attention', 'split_heads', 'merge_heads', 'HeadsAttention', 'WindowAttention', 'resample_rel_pos_tables', 'ReducedKVAttention', 'RelPosBias',
     'PosConv',
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'pad_image_to_multiple',
     'window_padding_mask', 'WindowDropPath', 'PreNormBlock',
@@ -129,6 +129,23 @@ class RelPosBias(nn.Module):
         trunc_normal_(self.relative_position_bias_table, std=.02)
         self.init_non_persistent_buffers()
 
+    @torch.no_grad()
+    def set_window_size(self, window_size: Tuple[int, int]) -> None:
+        """A new window: the table resampled by timm's ``resize_rel_pos_bias_table`` (the prefix slot carried
+        over unchanged), the index rebuilt."""
+        window_size = tuple(window_size)
+        if window_size == self.window_size:
+            return
+        table = self.relative_position_bias_table
+        old_window = self.window_size
+        self.window_size = window_size
+        new_shape = ((2 * window_size[0] - 1) * (2 * window_size[1] - 1) + int(self.prefix_bias), self.num_heads)
+        self.relative_position_bias_table = nn.Parameter(
+            resize_rel_pos_bias_table(table, window_size, new_shape, old_window_size=old_window),
+            requires_grad=table.requires_grad)
+        self.register_buffer(
+            'relative_position_index', self._make_index(self.relative_position_index.device), persistent=False)
+
     def forward(self) -> torch.Tensor:
         """Returns the bias as (1, heads, N, N), N counting the prefix tokens."""
         bias = self.relative_position_bias_table[self.relative_position_index]  # (N, N, heads)
@@ -137,6 +154,25 @@ class RelPosBias(nn.Module):
             p = self.num_prefix_tokens
             bias = F.pad(bias, (p, 0, p, 0))
         return bias
+
+
+def resample_rel_pos_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Checkpoint filter: every :class:`RelPosBias` table of ``state_dict`` whose shape differs from
+    ``model``'s (weights of another window size) resampled to the model's window with timm's
+    ``resize_rel_pos_bias_table``; tables that fit are passed through untouched."""
+    suffix = '.relative_position_bias_table'
+    tables = {name + suffix: m for name, m in model.named_modules() if isinstance(m, RelPosBias)}
+    out = dict(state_dict)
+    for key, module in tables.items():
+        value = state_dict.get(key)
+        target = module.relative_position_bias_table
+        if value is not None and value.shape != target.shape:
+            if value.ndim != 2 or value.shape[1] != target.shape[1]:
+                raise ValueError(
+                    f'{key}: a relative-position table of shape {tuple(value.shape)} cannot be resampled to '
+                    f'{tuple(target.shape)} (window {module.window_size}, {module.num_heads} heads)')
+            out[key] = resize_rel_pos_bias_table(value, module.window_size, tuple(target.shape))
+    return out
 
 
 # --- position-encoding generator --------------------------------------------------------------
@@ -233,8 +269,9 @@ def window_padding_mask(
     if not pad_h and not pad_w:
         return None
     padded = F.pad(torch.zeros(1, H, W, 1, device=device, dtype=dtype), (0, 0, 0, pad_w, 0, pad_h), value=1.)
-    partition = grid_partition if grid else window_partition
-    padded = partition(padded, window_size).transpose(1, 2)  # (num_windows, 1, wh * ww)
+    # an if, not a function value: TorchScript cannot call a function held in a variable
+    padded = grid_partition(padded, window_size) if grid else window_partition(padded, window_size)
+    padded = padded.transpose(1, 2)  # (num_windows, 1, wh * ww)
     padded = F.pad(padded, (num_prefix_tokens, 0))
     return padded.masked_fill(padded > 0, float('-inf'))
 
@@ -445,7 +482,7 @@ class ReducedKVAttention(HeadsAttention):
 class ImageCheck(nn.Module):
     """Validates the image batch a model receives and returns it unchanged.
 
-    A non-empty floating-point (B, in_chans, H, W) batch with H, W >= ``min_size`` and, if
+    A non-empty floating-point (not complex) (B, in_chans, H, W) tensor with H, W >= ``min_size`` and, if
     ``multiple`` > 1, multiples of it. Families with further size rules override ``check_size``.
     """
 
@@ -458,6 +495,11 @@ class ImageCheck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name, chans = self.model_name, self.in_chans
+        # TorchScript resolves this statically (x is a Tensor there) and compiles no raise
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f'{name} expects a torch.Tensor image batch (B, {chans}, H, W), got {type(x).__module__}.'
+                f'{type(x).__qualname__}; convert it with torch.as_tensor (numpy: torch.from_numpy) first')
         if x.dim() != 4:
             raise ValueError(
                 f'{name} expects a 4-D image batch (B, {chans}, H, W), '
@@ -472,6 +514,8 @@ class ImageCheck(nn.Module):
             raise ValueError(
                 f'{name} was built for {chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); '
                 f'create it with in_chans={x.shape[1]} for such images')
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f'{name} got an empty image ({x.shape[2]}x{x.shape[3]}), height and width must be >= 1')
         self.check_size(x.shape[2], x.shape[3])
         return x
 

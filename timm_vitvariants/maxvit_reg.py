@@ -36,15 +36,15 @@ from torch import nn
 
 import timm
 from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SqueezeExcite
-from timm.layers import calculate_drop_path_rates, trunc_normal_
+from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_module
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, stage_widths
+from .base import StageModel, check_common_args, check_positive, stage_widths, windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
     HeadsAttention, ImageCheck, RelPosBias, WindowDropPath, grid_partition, grid_reverse, pad_to_multiple,
-    window_padding_mask, window_partition, window_reverse,
+    resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
 )
 
 __all__ = ['MaxViTReg']
@@ -219,6 +219,12 @@ class MaxViTRegBlock(nn.Module):
         x = grid_reverse(t, window, Hp, Wp)[:, :H, :W]
         return x.permute(0, 3, 1, 2)
 
+    def set_window_size(self, window_size: Tuple[int, int]) -> None:
+        """Windows and grid groups of a new size; the relative-position tables are resampled to it."""
+        self.window_size = tuple(window_size)
+        self.block_attn.rel_pos.set_window_size(self.window_size)
+        self.grid_attn.rel_pos.set_window_size(self.window_size)
+
     def _key_mask(self, size: Tuple[int, int], batch_size: int, x: torch.Tensor, grid: bool) -> Optional[torch.Tensor]:
         """(B * windows, 1, 1, registers + window tokens) with -inf on padded keys, or None without padding."""
         mask = window_padding_mask(size, self.window_size, x.device, x.dtype, grid, self.num_registers)
@@ -282,7 +288,9 @@ class MaxViTReg(StageModel):
         depths: Blocks per stage (vit-pytorch ``depth``).
         head_dim: Channels per attention head (vit-pytorch ``dim_head``).
         stem_width: Stem width, defaults to the first stage's (vit-pytorch ``dim_conv_stem``).
-        window_size: Side of the block windows and of the grid groups.
+        img_size: Nominal input size; sets the windows when ``window_size`` is not given (img_size / 32 per
+            side, as timm's maxxvit: 224 -> 7, 384 -> 12, 512 -> 16). Any size runs whatever it is.
+        window_size: Side (or (height, width)) of the block windows and of the grid groups; default 7.
         num_registers: Register tokens per block (vit-pytorch ``num_register_tokens``).
         mlp_ratio: MLP hidden width over block width.
         mbconv_ratio: MBConv expansion (vit-pytorch ``mbconv_expansion_rate``).
@@ -304,7 +312,8 @@ class MaxViTReg(StageModel):
             depths: Tuple[int, ...] = (2, 2, 5, 2),
             head_dim: int = 32,
             stem_width: Optional[int] = None,
-            window_size: int = 7,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            window_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_registers: int = 4,
             mlp_ratio: float = 4.,
             mbconv_ratio: float = 4.,
@@ -319,15 +328,20 @@ class MaxViTReg(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(depths)
+        check_positive(num_stages=num_stages, depths=depths, embed_dim=embed_dim, head_dim=head_dim,
+                       stem_width=1 if stem_width is None else stem_width)  # windows: windows_for_size
         dims = stage_widths(embed_dim, num_stages)
         if any(d % head_dim for d in dims):
             raise ValueError(f'every stage width must be a multiple of head_dim={head_dim}, got {dims}')
         if num_registers < 1:
             raise ValueError(f'num_registers must be at least 1, got {num_registers}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         stem_width = stem_width or dims[0]
+        self.img_size = to_2tuple(img_size or 224)
+        window = windows_for_size(self.img_size if img_size is not None else None, window_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -342,7 +356,7 @@ class MaxViTReg(StageModel):
         for i, (dim, depth) in enumerate(zip(dims, depths)):
             stages.append(MaxViTRegStage(
                 in_chs, dim, depth, dpr[first:first + depth], head_dim=head_dim,
-                window_size=(window_size, window_size), num_registers=num_registers, mlp_ratio=mlp_ratio,
+                window_size=window, num_registers=num_registers, mlp_ratio=mlp_ratio,
                 mbconv_ratio=mbconv_ratio, se_ratio=se_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
                 attn_drop=attn_drop_rate, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=2 ** (i + 2), module=f'stages.{i}'))
@@ -353,6 +367,23 @@ class MaxViTReg(StageModel):
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
             norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
         self.init_weights()
+
+
+    @torch.jit.ignore
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            window_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """timm's ``set_input_size``: windows for ``img_size`` (img_size / 32 unless ``window_size`` is given),
+        relative-position tables resampled in place, the size recorded for data configs and exports."""
+        window = windows_for_size(to_2tuple(img_size) if img_size is not None else None, window_size)
+        if img_size is None and window_size is None:
+            return
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.set_window_size(window)
+        self._record_input_size(img_size if img_size is not None else self.img_size, window_size=window)
 
 
 # --- vit-pytorch conversion -------------------------------------------------------------------
@@ -429,8 +460,15 @@ def _from_vit_pytorch(ref: nn.Module) -> MaxViTReg:
 
 # --- registry ---------------------------------------------------------------------------------
 
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViTReg) -> Dict[str, torch.Tensor]:
+    """Weights of another window size (e.g. 224 weights in a model built for 384): the relative-position
+    tables resampled to the model's windows (the registers' slot carried over)."""
+    return resample_rel_pos_tables(state_dict, model)
+
+
 def _create_maxvit_reg(variant: str, pretrained: bool = False, **kwargs: Any) -> MaxViTReg:
-    return build_variant(MaxViTReg, variant, pretrained, num_feature_taps=5, **kwargs)
+    return build_variant(
+        MaxViTReg, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, num_feature_taps=5, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

@@ -60,17 +60,17 @@ from torch import nn
 
 import timm
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead
-from timm.layers import calculate_drop_path_rates
+from timm.layers import calculate_drop_path_rates, resample_patch_embed, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs, load_state_dict, register_notrace_function
 from timm.models import register_notrace_module
 from timm.models._manipulate import adapt_input_conv
 from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, check_output_fmt, per_stage, to_format
+from .base import StageModel, check_common_args, check_output_fmt, check_positive, per_stage, to_format
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import HeadsAttention, ImageCheck, PosConv, RelPosBias, WindowDropPath
-from .layers import pad_image_to_multiple, window_partition, window_reverse
+from .layers import pad_image_to_multiple, resample_rel_pos_tables, window_partition, window_reverse
 
 __all__ = ['RegionViT']
 
@@ -158,6 +158,13 @@ class R2LBlock(nn.Module):
         local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
         region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
         return local_tokens, region_tokens
+
+
+def _square_window(img_size: Optional[Tuple[int, int]], window_size: Optional[int]) -> int:
+    """Regions are square: an explicit window, else the shorter side of img_size / 32, else 7."""
+    if window_size is not None:
+        return window_size
+    return max(1, min(img_size) // 32) if img_size is not None else 7
 
 
 @register_notrace_function  # FX: one node; branch-free, so it also traces where not wrapped
@@ -371,6 +378,17 @@ class Tokenizers(nn.Module):
         local_tokens = self.local(x).permute(0, 2, 3, 1)[:, :(height + 3) // 4, :(width + 3) // 4]  # stride 4
         return local_tokens, self.region(x).permute(0, 2, 3, 1)
 
+    @torch.no_grad()
+    def set_region_patch(self, region_patch: int) -> None:
+        """A new region patch: the regional tokenizer's kernel resampled by timm's ``resample_patch_embed``."""
+        old = self.region
+        self.region = nn.Conv2d(
+            old.in_channels, old.out_channels, region_patch, stride=region_patch,
+            device=old.weight.device, dtype=old.weight.dtype)
+        self.region.weight.copy_(resample_patch_embed(old.weight, [region_patch, region_patch]))
+        self.region.bias.copy_(old.bias)
+        self.region_patch = region_patch
+
 
 @register_notrace_module  # FX leaf: it branches on concrete shapes
 class RegionCheck(ImageCheck):
@@ -395,7 +413,9 @@ class RegionViT(StageModel):
         depths: R2L blocks per stage (vit-pytorch ``depth``).
         num_heads: Attention heads, one value or one per stage.
         head_dim: Channels per head, one value or one per stage (vit-pytorch ``dim_head``).
-        window_size: Local tokens per region side.
+        img_size: Nominal input size; sets the window when ``window_size`` is not given: the shorter side
+            / 32 (224 -> 7, 384 -> 12), so regions of 4 x window px. Any size runs whatever it is.
+        window_size: Local tokens per region side; default 7.
         local_patch_size: Local token stride; must be 4 (the tokenizers are fixed to it).
         tokenize_local_3_conv: Three-conv local tokenizer instead of one 8x8 conv.
         stem_chs: Widths of the 3-conv tokenizer's first two convs, default the first stage's (vit-pytorch).
@@ -430,7 +450,8 @@ class RegionViT(StageModel):
             depths: Tuple[int, ...] = (2, 2, 8, 2),
             num_heads: Union[int, Tuple[int, ...]] = 4,
             head_dim: Union[int, Tuple[int, ...]] = 32,
-            window_size: int = 7,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            window_size: Optional[int] = None,
             local_patch_size: int = 4,
             tokenize_local_3_conv: bool = False,
             stem_chs: Optional[Tuple[int, int]] = None,
@@ -453,6 +474,9 @@ class RegionViT(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(depths)
         dims = per_stage(embed_dim, num_stages, 'embed_dim')
         heads = per_stage(num_heads, num_stages, 'num_heads')
@@ -460,11 +484,12 @@ class RegionViT(StageModel):
         if local_patch_size != LOCAL_STRIDE:
             raise ValueError(f'local_patch_size must be {LOCAL_STRIDE} (the local tokenizers\' stride), '
                              f'got {local_patch_size}')
+        self.img_size = to_2tuple(img_size or 224)
+        window_size = _square_window(self.img_size if img_size is not None else None, window_size)
         if window_size < 1 or num_stages < 1 or min(depths) < 1:
             raise ValueError(f'window_size, the number of stages and every depth must be >= 1, got '
                              f'window_size={window_size}, depths={depths}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
+        check_positive(embed_dim=dims, num_heads=heads, head_dim=head_dims)
         if downsample not in DOWNSAMPLE_TYPES:
             raise ValueError(f'downsample must be one of {DOWNSAMPLE_TYPES}, got {downsample!r}')
         if downsample == 'norm_act_dwconv' and any(b % a for a, b in zip(dims, dims[1:])):
@@ -555,6 +580,28 @@ class RegionViT(StageModel):
         even_split = self.shrink_windows and splits_evenly(
             x.shape[-2], x.shape[-1], self.region_patch, self.window_size, self.num_stages)
         return self._features_out(self.stages(self.stem(x), even_split))
+
+    @torch.jit.ignore
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            window_size: Optional[int] = None,
+    ) -> None:
+        """timm's ``set_input_size``: the window for ``img_size`` (shorter side / 32 unless ``window_size`` is
+        given), relative-position tables and the regional tokenizer's kernel resampled in place, the size
+        recorded for data configs and exports."""
+        if img_size is None and window_size is None:
+            return
+        window = _square_window(to_2tuple(img_size) if img_size is not None else None, window_size)
+        for module in self.modules():
+            if isinstance(module, RelPosBias):
+                module.set_window_size((window, window))
+            elif isinstance(module, (R2LBlock, RegionViTStage)):
+                module.window_size = window
+        self.window_size, self.region_patch = window, LOCAL_STRIDE * window
+        self.stem.set_region_patch(self.region_patch)
+        self.input_check.min_size = self.region_patch
+        self._record_input_size(img_size if img_size is not None else self.img_size, window_size=window)
 
     def _features_out(self, tokens: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         local_tokens, region_tokens = tokens
@@ -701,12 +748,19 @@ def _remap_ibm_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torc
     return out
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RegionViT) -> Dict[str, torch.Tensor]:
-    """Pretrained weights in this model's layout: IBM's official checkpoints are remapped."""
-    return _remap_ibm_state_dict(state_dict)
-
-
 # --- registry ---------------------------------------------------------------------------------
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: RegionViT) -> Dict[str, torch.Tensor]:
+    """IBM's official checkpoints remapped to our layout, then weights of another window size (e.g. 224
+    weights in a model built for 384, IBM's window-7 weights in a window-14 model): relative-position tables
+    resampled to the model's window, the regional tokenizer's kernel (4 x window) to its region patch."""
+    state_dict = resample_rel_pos_tables(_remap_ibm_state_dict(state_dict), model)
+    kernel = state_dict.get('stem.region.weight')
+    target = model.stem.region.weight.shape[-2:]
+    if kernel is not None and kernel.ndim == 4 and kernel.shape[-2:] != target:
+        state_dict['stem.region.weight'] = resample_patch_embed(kernel, list(target))
+    return state_dict
+
 
 def _create_regionvit(variant: str, pretrained: bool = False, **kwargs: Any) -> RegionViT:
     return build_variant(

@@ -31,13 +31,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm
-from timm.layers import DropPath, GluMlp, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import DropPath, GluMlp, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import ModelBase, check_output_fmt
+from .base import ModelBase, check_common_args, check_output_fmt, check_positive
 from .convert import copy_linear_mlp, register_converter
 from .layers import HeadsAttention, ImageCheck, pad_image_to_multiple, split_heads
 
@@ -177,6 +177,7 @@ class RvT(ModelBase):
             self,
             patch_size: int = 16,
             in_chans: int = 3,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             global_pool: str = 'token',
             embed_dim: int = 192,
@@ -199,12 +200,11 @@ class RvT(ModelBase):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if global_pool not in ('token', 'avg', ''):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-        for name, value in dict(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-                                num_heads=num_heads, head_dim=head_dim, mlp_hidden_dim=mlp_hidden_dim).items():
-            if value < 1:
-                raise ValueError(f'{name} must be a positive integer, got {value}')
+        check_common_args(
+            num_classes, in_chans, global_pool, ('token', 'avg', ''), drop_rate=drop_rate,
+            proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        check_positive(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                       head_dim=head_dim, mlp_hidden_dim=mlp_hidden_dim)
         if query_kernel_size < 1 or query_kernel_size % 2 == 0:
             raise ValueError(f'query_kernel_size must be a positive odd integer, got {query_kernel_size}')
         self.num_classes = num_classes
@@ -215,6 +215,7 @@ class RvT(ModelBase):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
 
         self.dynamic_img_pad = dynamic_img_pad
         self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=1 if dynamic_img_pad else patch_size)

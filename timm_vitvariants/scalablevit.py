@@ -48,11 +48,11 @@ import torch
 from torch import nn
 
 import timm
-from timm.layers import LayerNorm2d, NormMlpClassifierHead, calculate_drop_path_rates
+from timm.layers import LayerNorm2d, NormMlpClassifierHead, calculate_drop_path_rates, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, per_stage, stage_widths
+from .base import StageModel, check_common_args, check_positive, per_stage, stage_widths
 from .convert import copy_channel_norm, copy_conv1x1, copy_conv_mlp, copy_norm_linear_head, register_converter
 from .layers import ImageCheck, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention
 
@@ -157,6 +157,7 @@ class ScalableViT(StageModel):
 
     Args:
         in_chans: Number of input image channels (vit-pytorch ``channels``).
+        img_size: Nominal input size, recorded for data configs (every size from the minimum runs).
         num_classes: Number of classes, 0 for no classifier.
         global_pool: 'avg' or '' (no pooling).
         embed_dim: Width of the first stage, doubled per stage (vit-pytorch ``dim``), or one width per stage.
@@ -182,6 +183,7 @@ class ScalableViT(StageModel):
     def __init__(
             self,
             in_chans: int = 3,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             global_pool: str = 'avg',
             embed_dim: Union[int, Tuple[int, ...]] = 64,
@@ -206,10 +208,14 @@ class ScalableViT(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(depths)
         if num_stages < 1 or any(d < 0 for d in depths):
             raise ValueError(f'depths needs a non-negative number of block pairs per stage, got {depths}')
         dims = stage_widths(embed_dim, num_stages)
+        check_positive(embed_dim=dims)
         stage = partial(per_stage, num_stages=num_stages)
         heads = stage(num_heads, name='num_heads')
         reductions = stage(reduction_factor, name='reduction_factor')
@@ -227,9 +233,8 @@ class ScalableViT(StageModel):
             raise ValueError(f'local_conv must be one of {LOCAL_CONVS}, got {local_conv!r}')
         if block_order not in BLOCK_ORDERS:
             raise ValueError(f'block_order must be one of {BLOCK_ORDERS}, got {block_order!r}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]

@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import ClassifierHead, calculate_drop_path_rates
+from timm.layers import ClassifierHead, calculate_drop_path_rates, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs
 from timm.models._manipulate import adapt_input_conv
 
 from ._factory import base_cfg, build_variant, register_variant
-from .base import StageModel, per_stage
+from .base import StageModel, check_common_args, check_positive, per_stage
 from .convert import copy_channel_norm, copy_conv1x1, copy_conv_mlp, register_converter
 from .layers import ImageCheck, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention, pad_image_to_multiple
 
@@ -133,6 +133,7 @@ class TwinsSVT(StageModel):
 
     Args:
         in_chans: Number of input image channels.
+        img_size: Nominal input size, recorded for data configs (every size from the minimum runs).
         num_classes: Number of classes, 0 for no classifier.
         global_pool: 'avg' or '' (no pooling).
         embed_dims: Width per stage (vit-pytorch ``s*_emb_dim``).
@@ -153,6 +154,7 @@ class TwinsSVT(StageModel):
     def __init__(
             self,
             in_chans: int = 3,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             num_classes: int = 1000,
             global_pool: str = 'avg',
             embed_dims: Tuple[int, ...] = (64, 128, 256, 512),
@@ -173,6 +175,9 @@ class TwinsSVT(StageModel):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        check_common_args(
+            num_classes, in_chans, global_pool, ('avg', ''), drop_rate=drop_rate, proj_drop_rate=proj_drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         num_stages = len(embed_dims)
         if num_stages < 1 or len(depths) != num_stages:
             raise ValueError(f'embed_dims and depths need one value per stage, got {embed_dims} and {depths}')
@@ -183,15 +188,12 @@ class TwinsSVT(StageModel):
         patches = per_stage(patch_sizes, num_stages, 'patch_sizes')
         windows = per_stage(window_size, num_stages, 'window_size')
         reductions = per_stage(global_k, num_stages, 'global_k')
-        for name, values in (('num_heads', heads), ('head_dim', head_dims), ('patch_sizes', patches),
-                             ('window_size', windows), ('global_k', reductions)):
-            if any(v < 1 for v in values):
-                raise ValueError(f'{name} must be positive integers, got {values}')
+        check_positive(embed_dims=embed_dims, num_heads=heads, head_dim=head_dims, patch_sizes=patches,
+                       window_size=windows, global_k=reductions)
         if pos_kernel_size < 1 or pos_kernel_size % 2 == 0:
             raise ValueError(f'pos_kernel_size must be a positive odd integer, got {pos_kernel_size}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
         self.in_chans = in_chans
+        self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = embed_dims[-1]
