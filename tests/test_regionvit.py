@@ -224,3 +224,11 @@ def test_variant_size_near_paper(name, params, gmacs):
     info = variant_info(name)
     assert abs(info.params_m / params - 1) < 0.15, info
     assert abs(info.gmacs / gmacs - 1) < 0.15, info
+
+
+def test_set_input_size_keeps_frozen_parameters_frozen():
+    model = timm.create_model('regionvit_tiny', device='meta').requires_grad_(False)
+    model.set_input_size(img_size=448)  # window 7 -> 14: tables and the regional kernel rebuilt
+    assert model.window_size == 14 and not any(p.requires_grad for p in model.parameters())
+    model.set_input_size(window_size=14)  # unchanged: nothing rebuilt
+    assert not any(p.requires_grad for p in model.parameters())

@@ -381,12 +381,16 @@ class Tokenizers(nn.Module):
     @torch.no_grad()
     def set_region_patch(self, region_patch: int) -> None:
         """A new region patch: the regional tokenizer's kernel resampled by timm's ``resample_patch_embed``."""
+        if region_patch == self.region_patch:
+            return
         old = self.region
         self.region = nn.Conv2d(
             old.in_channels, old.out_channels, region_patch, stride=region_patch,
             device=old.weight.device, dtype=old.weight.dtype)
         self.region.weight.copy_(resample_patch_embed(old.weight, [region_patch, region_patch]))
         self.region.bias.copy_(old.bias)
+        self.region.weight.requires_grad_(old.weight.requires_grad)  # frozen stays frozen
+        self.region.bias.requires_grad_(old.bias.requires_grad)
         self.region_patch = region_patch
 
 
