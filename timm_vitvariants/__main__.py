@@ -1,8 +1,9 @@
 """``python -m timm_vitvariants``: with no arguments, a table of every registered variant.
 
 Commands: ``list`` (the table), ``export`` (checkpoint -> Hub-ready folder), ``convert`` (vit-pytorch
-checkpoint, or IBM's official RegionViT checkpoint with ``--from ibm``, -> Hub-ready folder) and ``push`` (folder -> Hugging Face Hub repo). User mistakes end
-in one ``error:`` line and exit status 2, never a traceback.
+checkpoint, or IBM's official RegionViT checkpoint with ``--from ibm``, -> Hub-ready folder) and ``push``
+(folder -> Hugging Face Hub repo). User mistakes end in one ``error:`` line and exit status 2, never a
+traceback.
 """
 import argparse
 import json
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_options(export)
 
     convert = sub.add_parser(
-        'convert', help='a vit-pytorch (or, --from ibm, IBM RegionViT) checkpoint -> the timm model -> a Hub-ready folder',
+        'convert',
+        help='a vit-pytorch (or, --from ibm, IBM RegionViT) checkpoint -> the timm model -> a Hub-ready folder',
         description='Builds the vit-pytorch model from its constructor arguments, loads the state dict '
                     '(torch.load with weights_only=True), converts it, checks both give the same outputs, '
                     'then exports as `export` does. With --from ibm: loads IBM\'s official RegionViT checkpoint '

@@ -30,22 +30,22 @@ Differences from vit-pytorch:
   * the regional tokenizer (rearrange + 1x1 conv) is one kernel = stride conv, the same map.
 Differences from the paper: in vit-pytorch's design the downsampling conv is full width (no depthwise).
 IBM's official design (``regionvit_ibm_{tiny,small,medium,base}``; window 14: ``_small_w14``, ``_base_w14``,
-with PEG ``_small_w14_peg``, ``_base_w14_peg``) is vit-pytorch's with these constructor options: ``downsample='norm_act_dwconv'`` (LayerNorm, GELU,
-depthwise 3x3 stride-2 conv, still shared by both streams), ``separate_local_norm`` (the local pass has
-its own pre-norm), ``rel_pos_per_block``, ``qkv_bias``, ``norm_eps=1e-6``, ``norm_before_pool`` (each
-regional token normalized, then pooled) and ``shrink_windows=False`` (a region always gets a full
-window); Ti and S take the narrow 3-conv tokenizer, M and B the 8x8 stride-4 conv; IBM's PEG is
-``peg_after_first_block`` (after each stage's first block, on both streams, bias-free). IBM's relative-position
-table is indexed differently (the remapping permutes it). Outputs equal IBM's code (random weights;
-Ti/S/M/B at 224, 224x448 and 448x224 within 5e-7 relative) at every multiple of the region patch, except:
-where a stage pads its windows, IBM's code builds the bottom-right window's key mask wrongly and most of
-its padded keys stay visible; here they are masked (IBM's code with that mask corrected gives our outputs).
-No stage pads at multiples of 32 x window (224, 448, 224x448 at window 7; 448, 448x896 at window 14, where
-S-w14 (+PEG) match within 6e-7), but the window-14 variants' last stage does at 224 (7x7 local tokens in
-a 14x14 window), so there they differ from IBM's code.
-Differences from IBM's padding: both tokenizers see the same bottom/right padding (IBM pads the
-regional tokenizer's input on all sides and its local tokenizer sees the raw image), so region i and
-window i cover the same pixels. Training only (eval outputs are the same): IBM's ``drop_rate`` drops after the tokenizer
+with PEG ``_small_w14_peg``, ``_base_w14_peg``) is vit-pytorch's with these constructor options:
+``downsample='norm_act_dwconv'`` (LayerNorm, GELU, depthwise 3x3 stride-2 conv, still shared by both
+streams), ``separate_local_norm`` (the local pass has its own pre-norm), ``rel_pos_per_block``,
+``qkv_bias``, ``norm_eps=1e-6``, ``norm_before_pool`` (each regional token normalized, then pooled) and
+``shrink_windows=False`` (a region always gets a full window); Ti and S take the narrow 3-conv tokenizer, M
+and B the 8x8 stride-4 conv; IBM's PEG is ``peg_after_first_block`` (after each stage's first block, on both
+streams, bias-free). IBM's relative-position table is indexed differently (the remapping permutes it).
+Outputs equal IBM's code (random weights; Ti/S/M/B at 224, 224x448 and 448x224 within 5e-7 relative) at
+every multiple of the region patch, except: where a stage pads its windows, IBM's code builds the
+bottom-right window's key mask wrongly and most of its padded keys stay visible; here they are masked (IBM's
+code with that mask corrected gives our outputs). No stage pads at multiples of 32 x window (224, 448,
+224x448 at window 7; 448, 448x896 at window 14, where S-w14 (+PEG) match within 6e-7), but the window-14
+variants' last stage does at 224 (7x7 local tokens in a 14x14 window), so there they differ from IBM's code.
+Differences from IBM's padding: both tokenizers see the same bottom/right padding (IBM pads the regional
+tokenizer's input on all sides and its local tokenizer sees the raw image), so region i and window i cover
+the same pixels. Training only (eval outputs are the same): IBM's ``drop_rate`` drops after the tokenizer
 and in the blocks, ours before the classifier (``proj_drop_rate`` is the blocks'); IBM's stochastic depth
 draws once per window on the window branches, ours once per image.
 """
