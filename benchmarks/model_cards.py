@@ -39,6 +39,8 @@ class Family:
     title: str
     paper: str
     sizes: str  # which input sizes work, in words
+    resolution: str = ('`img_size` is recorded only: nothing in the model depends on the input size, so weights '
+                       'load unchanged at any resolution')  # the window rule, for fine-tuning at another size
 
 
 FAMILIES: Dict[str, Family] = {
@@ -49,6 +51,10 @@ FAMILIES: Dict[str, Family] = {
         sizes='any height and width from the minimum up, non-square included: the image is padded to the '
               'next multiple of the regional patch (28 px at the defaults), as the official implementation does, '
               'and local windows left short by the downsampling are padded and the padded keys masked',
+        resolution='`img_size` sets the window to the shorter side / 32 (224 -> 7, 384 -> 12, 512 -> 16; the '
+                   'regions are 4 x window px) unless `window_size` is given; 224 weights load at another window '
+                   'through `checkpoint_filter_fn` (relative-position tables by timm\'s `resize_rel_pos_bias_table`, '
+                   'the region kernel by `resample_patch_embed`), as does `set_input_size`',
     ),
     'scalablevit': Family(
         title='ScalableViT',
@@ -78,6 +84,10 @@ FAMILIES: Dict[str, Family] = {
               'the window multiple, mask the padded tokens as keys (for the register tokens too) and crop them '
               'after the block. Sizes whose every stage divides into windows (multiples of 32 x window: 224, '
               '448, ... at window 7) need no padding and run the unpadded code',
+        resolution='`img_size` sets the windows to img_size / 32 per side (224 -> 7, 384 -> 12, 512 -> 16), as '
+                   'timm\'s maxxvit, unless `window_size` is given; 224 weights load at another window through '
+                   '`checkpoint_filter_fn` (relative-position tables by timm\'s `resize_rel_pos_bias_table`, the '
+                   'register slot carried over), as does `set_input_size`',
     ),
     'twinssvt': Family(
         title='Twins-SVT (vit-pytorch design)',
@@ -231,7 +241,7 @@ def family_section(family: str, infos: List[VariantInfo], results: List[dict], r
     spec = FAMILIES[family]
     names = [i.name for i in infos]
     out = [f'## {spec.title}: {", ".join(f"`{n}`" for n in names)}', '', f'**Paper**: {spec.paper}.', '',
-           f'**Input sizes**: {spec.sizes}.', '', '**Differences from vit-pytorch and from the paper** '
+           f'**Input sizes**: {spec.sizes}.', '', f'**Other resolutions**: {spec.resolution}.', '', '**Differences from vit-pytorch and from the paper** '
            '(from the family module\'s docstring):', '', '```text', _differences(family), '```', '',
            '| variant | hyper-parameters | params M | GMACs at 224 | paper params M | paper GMACs | paper top-1 '
            '| default input | min input | feature strides | feature channels | weights |',

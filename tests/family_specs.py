@@ -7,12 +7,15 @@ for its named variants (non-square included); ``invalid``: sizes it refuses with
 """
 from typing import Any, Dict
 
+# what a backbone meets: segmentation crops, a detection batch, a photo, a large image (issue #16)
+BACKBONE_SIZES = [(256, 256), (320, 480), (375, 500), (1024, 768)]
+
 SPECS: Dict[str, Dict[str, Any]] = {
     'maxvit_reg': dict(
         small=dict(embed_dim=32, depths=(1, 1), head_dim=16, window_size=4),
         small_size=(32, 32),
         # any size from one token at stride 32; windows and grid groups pad and mask what they lack
-        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (256, 256), (320, 480), (375, 500), (32, 32)],
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (32, 32)] + BACKBONE_SIZES,
         invalid=[(31, 224), (224, 16)],
         too_small=(3, 3),
         strides=(2, 4, 8, 16, 32),
@@ -22,7 +25,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
                    iwsa_value_dim=8, reduction_factor=(4, 2), window_size=4),
         small_size=(32, 32),
         # any size from the minimum (every stage's map holds one key/value reduction cell); windows pad
-        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (29, 29), (96, 130)],
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (29, 29), (96, 130)] + BACKBONE_SIZES,
         invalid=[(28, 224), (224, 20)],
         too_small=(3, 3),
         strides=(4, 8, 16, 32),
@@ -31,7 +34,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
         small=dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1), num_heads=2, head_dim=8, window_size=2,
                    global_k=(4, 2, 1, 1)),
         small_size=(32, 32),
-        valid=[(224, 224), (224, 320), (320, 224), (221, 223)],
+        valid=[(224, 224), (224, 320), (320, 224), (221, 223)] + BACKBONE_SIZES,
         invalid=[(16, 224)],
         too_small=(16, 16),
         strides=(4, 8, 16, 32),
@@ -48,7 +51,7 @@ SPECS: Dict[str, Dict[str, Any]] = {
         small=dict(embed_dim=(16, 32, 32, 64), depths=(1, 1, 1, 1), num_heads=2, head_dim=8, window_size=2,
                    stem_chs=(8, 16)),
         small_size=(64, 64),
-        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (225, 250), (28, 28), (560, 224)],
+        valid=[(224, 224), (224, 448), (448, 224), (221, 223), (225, 250), (28, 28), (560, 224)] + BACKBONE_SIZES,
         invalid=[],
         too_small=(27, 27),
         strides=(4, 8, 16, 32),

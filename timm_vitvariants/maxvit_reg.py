@@ -368,7 +368,6 @@ class MaxViTReg(StageModel):
             norm_layer=partial(LayerNorm2d, eps=1e-5), **dd)
         self.init_weights()
 
-
     @torch.jit.ignore
     def set_input_size(
             self,
