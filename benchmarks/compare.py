@@ -3,7 +3,7 @@ and both against the references, interleaved in one process (the figures a chang
 
 The package at REV is read with ``git archive`` into a temporary folder and imported under another name,
 so both versions live in one process; each variant is built from both with the same weights (the state
-dict of today's model, loaded by name into REV's). Per variant and size: inference and train-step
+dict of today's model, loaded by name into REV's where the layout is unchanged). Per variant and size: inference and train-step
 images/s, medians over interleaved rounds, with ratios today / REV, today / vit-pytorch (same config
 and weights) and, for ``maxvit_reg_tiny``, today / timm's ``maxvit_tiny_tf_224`` (at 224). Sizes that
 need padding are reported per real pixel against the first size. Nothing is written; the table is the
@@ -50,11 +50,15 @@ def import_revision(rev: str, folder: Path):
 
 
 def revision_model(package, name: str, today: torch.nn.Module) -> torch.nn.Module:
-    """The same variant and weights in the package at REV (its class, today's recorded arguments)."""
+    """The same variant in the package at REV (its class, today's recorded arguments), with today's weights
+    where the layouts agree (timing does not depend on the values; a changed layout keeps REV's init)."""
     family = importlib.import_module(f'{package.__name__}.{type(today).__module__.rsplit(".", 1)[-1]}')
     cls = getattr(family, type(today).__name__)
     model = cls(**{k: v for k, v in today.model_args.items() if k != 'img_size'})
-    model.load_state_dict(today.state_dict())
+    try:
+        model.load_state_dict(today.state_dict())
+    except RuntimeError:
+        print(f'  {name}: the state-dict layout changed since REV, REV keeps its own initial weights')
     return model
 
 
