@@ -31,7 +31,8 @@ from .convert import from_vit_pytorch, supported_classes
 from .info import count_gmacs, paper_link
 
 __all__ = [
-    'WEIGHTS_FILE', 'HUB_FILES', 'read_state_dict', 'load_resampled', 'model_from_checkpoint', 'vit_pytorch_from_checkpoint',
+    'WEIGHTS_FILE', 'HUB_FILES', 'read_state_dict', 'load_resampled', 'model_from_checkpoint',
+    'vit_pytorch_from_checkpoint',
     'convert_checkpoint',
     'convert_ibm_checkpoint', 'add_card_section',
     'export_folder', 'verify_folder', 'write_model_card', 'check_folder', 'push_folder', 'upload_plan',

@@ -14,7 +14,8 @@ from timm.layers import DropPath, Mlp, drop_path, resize_rel_pos_bias_table, tru
 from timm.models import named_apply, register_notrace_function, register_notrace_module
 
 __all__ = [
-    'scaled_dot_attention', 'split_heads', 'merge_heads', 'HeadsAttention', 'WindowAttention', 'resample_rel_pos_tables', 'ReducedKVAttention', 'RelPosBias',
+    'scaled_dot_attention', 'split_heads', 'merge_heads', 'HeadsAttention', 'WindowAttention', 'ReducedKVAttention',
+    'RelPosBias', 'resample_rel_pos_tables',
     'PosConv',
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'pad_image_to_multiple',
     'window_padding_mask', 'WindowDropPath', 'PreNormBlock',

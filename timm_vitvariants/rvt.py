@@ -218,7 +218,8 @@ class RvT(ModelBase):
         self.img_size = to_2tuple(img_size or 224)  # nominal only: nothing here depends on the input size
 
         self.dynamic_img_pad = dynamic_img_pad
-        self.image_check = ImageCheck('rvt', in_chans, min_size=patch_size, multiple=1 if dynamic_img_pad else patch_size)
+        self.image_check = ImageCheck(
+            'rvt', in_chans, min_size=patch_size, multiple=1 if dynamic_img_pad else patch_size)
         # == vit-pytorch's 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)' + Linear, as one strided conv
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd))
