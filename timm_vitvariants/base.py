@@ -135,12 +135,22 @@ class ModelBase(nn.Module):
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             window_size: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> None:
-        """The nominal input size (timm's ``set_input_size``). Nothing here depends on it, so it is only
-        recorded (data configs, exports); families with size-dependent windows override this."""
+        """timm's ``set_input_size``: the windows for ``img_size`` (or ``window_size``) set in place by
+        :meth:`_set_windows`, and the size recorded for data configs and exports."""
+        if img_size is None and window_size is None:
+            return
+        size = to_2tuple(img_size) if img_size is not None else None
+        window = self._set_windows(size, window_size)
+        self._record_input_size(size or self.img_size, **({} if window is None else {'window_size': window}))
+
+    @torch.jit.ignore
+    def _set_windows(self, img_size: Optional[Tuple[int, int]], window_size: Any) -> Any:
+        """Families whose modules depend on the window resize them here and return the window they set;
+        here nothing depends on the input size, so there is only a size to record."""
         if window_size is not None:
             raise ValueError(
                 f'{type(self).__name__} has no window that depends on the input size: pass img_size only')
-        self._record_input_size(img_size)
+        return None
 
     @torch.jit.ignore
     def _record_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]], **model_args: Any) -> None:

@@ -136,7 +136,8 @@ class RegisterAttention(HeadsAttention):
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
-        super().__init__(dim, dim // head_dim, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, proj_bias=False, **dd)
+        super().__init__(
+            dim, dim // head_dim, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, proj_bias=False, **dd)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.rel_pos = RelPosBias(window_size, self.num_heads, num_registers, prefix_bias=True, **dd)
 
@@ -369,20 +370,16 @@ class MaxViTReg(StageModel):
         self.init_weights()
 
     @torch.jit.ignore
-    def set_input_size(
-            self,
-            img_size: Optional[Union[int, Tuple[int, int]]] = None,
-            window_size: Optional[Union[int, Tuple[int, int]]] = None,
-    ) -> None:
-        """timm's ``set_input_size``: windows for ``img_size`` (img_size / 32 unless ``window_size`` is given),
-        relative-position tables resampled in place, the size recorded for data configs and exports."""
-        window = windows_for_size(to_2tuple(img_size) if img_size is not None else None, window_size)
-        if img_size is None and window_size is None:
-            return
+    def _set_windows(
+            self, img_size: Optional[Tuple[int, int]], window_size: Optional[Union[int, Tuple[int, int]]],
+    ) -> Tuple[int, int]:
+        """``set_input_size``'s windows: img_size / 32 unless ``window_size`` is given, every block's
+        relative-position tables resampled in place."""
+        window = windows_for_size(img_size, window_size)
         for stage in self.stages:
             for block in stage.blocks:
                 block.set_window_size(window)
-        self._record_input_size(img_size if img_size is not None else self.img_size, window_size=window)
+        return window
 
 
 # --- vit-pytorch conversion -------------------------------------------------------------------

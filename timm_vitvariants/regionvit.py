@@ -68,6 +68,7 @@ from timm.models._features import feature_take_indices
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_output_fmt, check_positive, per_stage, to_format
+from .base import windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import HeadsAttention, ImageCheck, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, resample_rel_pos_tables, window_partition, window_reverse
@@ -161,10 +162,8 @@ class R2LBlock(nn.Module):
 
 
 def _square_window(img_size: Optional[Tuple[int, int]], window_size: Optional[int]) -> int:
-    """Regions are square: an explicit window, else the shorter side of img_size / 32, else 7."""
-    if window_size is not None:
-        return window_size
-    return max(1, min(img_size) // 32) if img_size is not None else 7
+    """Regions are square: timm maxxvit's rule (``windows_for_size``) on the shorter side."""
+    return min(windows_for_size(img_size, window_size))
 
 
 @register_notrace_function  # FX: one node; branch-free, so it also traces where not wrapped
@@ -586,17 +585,10 @@ class RegionViT(StageModel):
         return self._features_out(self.stages(self.stem(x), even_split))
 
     @torch.jit.ignore
-    def set_input_size(
-            self,
-            img_size: Optional[Union[int, Tuple[int, int]]] = None,
-            window_size: Optional[int] = None,
-    ) -> None:
-        """timm's ``set_input_size``: the window for ``img_size`` (shorter side / 32 unless ``window_size`` is
-        given), relative-position tables and the regional tokenizer's kernel resampled in place, the size
-        recorded for data configs and exports."""
-        if img_size is None and window_size is None:
-            return
-        window = _square_window(to_2tuple(img_size) if img_size is not None else None, window_size)
+    def _set_windows(self, img_size: Optional[Tuple[int, int]], window_size: Optional[int]) -> int:
+        """``set_input_size``'s window (shorter side / 32 unless ``window_size`` is given): relative-position
+        tables and the regional tokenizer's kernel resampled in place."""
+        window = _square_window(img_size, window_size)
         for module in self.modules():
             if isinstance(module, RelPosBias):
                 module.set_window_size((window, window))
@@ -605,7 +597,7 @@ class RegionViT(StageModel):
         self.window_size, self.region_patch = window, LOCAL_STRIDE * window
         self.stem.set_region_patch(self.region_patch)
         self.input_check.min_size = self.region_patch
-        self._record_input_size(img_size if img_size is not None else self.img_size, window_size=window)
+        return window
 
     def _features_out(self, tokens: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         local_tokens, region_tokens = tokens
