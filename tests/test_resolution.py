@@ -120,6 +120,22 @@ def test_window_rule_and_explicit_window_wins(family):
     assert model.pretrained_cfg['input_size'] == (3, 384, 384)
 
 
+
+@pytest.mark.parametrize('family', WINDOWED)
+def test_set_input_size_refuses_a_bad_window_and_changes_nothing(family):
+    """A window that is not one or two positive ints (RegionViT: not square) is refused before any
+    table is resampled, instead of being cut or rounded silently."""
+    model = timm.create_model(f'{family}_tiny')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = [7.5, (7, 7, 7)] + ([(7, 14)] if family == 'regionvit' else [])
+    for window in bad:
+        with pytest.raises(ValueError, match='window_size must be'):
+            model.set_input_size(img_size=384, window_size=window)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert {m.window_size for m in tables(model).values()} == {(7, 7)}
+    assert model.pretrained_cfg['input_size'] == (3, 224, 224)
+
 def test_load_resampled_takes_a_train_py_checkpoint(tmp_path):
     """The --initial-checkpoint case: a train.py checkpoint of the 224 model into one built for 384."""
     source = small_model('regionvit')

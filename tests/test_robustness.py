@@ -91,6 +91,8 @@ FAMILY_BAD_ARGS = {
         (dict(head_dim=0), 'head_dim must be >= 1'),
         (dict(head_dim=40), 'every stage width must be a multiple of head_dim=40'),
         (dict(window_size=0), 'window_size must be >= 1'),
+        (dict(window_size=7.5), r'window_size must be >= 1: an int or a \(height, width\) pair of ints, got 7.5'),
+        (dict(window_size=(7, 7, 7)), r'a \(height, width\) pair of ints, got \(7, 7, 7\)'),
         (dict(stem_width=0), 'stem_width must be >= 1'),
         (dict(num_registers=0), 'num_registers must be at least 1'),
     ],
@@ -100,6 +102,8 @@ FAMILY_BAD_ARGS = {
         (dict(num_heads=0), 'num_heads must be >= 1'),
         (dict(head_dim=0), 'head_dim must be >= 1'),
         (dict(window_size=0), 'window_size.* must be >= 1'),
+        (dict(window_size=7.5), 'window_size must be >= 1: an int or a .* pair of ints, got 7.5'),
+        (dict(window_size=(7, 14)), r'RegionViT windows are square: window_size must be one int, got \(7, 14\)'),
     ],
     'rvt': [
         (dict(**{name: 0}), f'{name} must be >= 1, got 0')

@@ -9,6 +9,7 @@ modules that each honour a ``grad_checkpointing`` flag), ``norm``, ``head`` (a t
 ``reset_classifier``, ``group_matcher``, ``no_weight_decay``, ``set_grad_checkpointing`` -- comes
 from here and behaves as in timm's own model files.
 """
+import numbers
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, Union
 
 import torch
@@ -45,9 +46,9 @@ def windows_for_size(img_size: Optional[Tuple[int, int]], window_size: Optional[
         window = tuple(max(1, s // ratio) for s in img_size)
     else:
         window = (default, default)
-    if min(window) < 1:
-        raise ValueError(f'window_size must be >= 1, got {window_size}')
-    return window
+    if len(window) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in window):
+        raise ValueError(f'window_size must be >= 1: an int or a (height, width) pair of ints, got {window_size!r}')
+    return int(window[0]), int(window[1])
 
 
 def stage_widths(embed_dim: Union[int, Sequence[int]], num_stages: int) -> List[int]:

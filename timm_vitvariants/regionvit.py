@@ -162,8 +162,12 @@ class R2LBlock(nn.Module):
 
 
 def _square_window(img_size: Optional[Tuple[int, int]], window_size: Optional[int]) -> int:
-    """Regions are square: timm maxxvit's rule (``windows_for_size``) on the shorter side."""
-    return min(windows_for_size(img_size, window_size))
+    """Regions are square: timm maxxvit's rule (``windows_for_size``) on the shorter side; an explicit
+    window must be square, never silently cut to its shorter side."""
+    window = windows_for_size(img_size, window_size)
+    if window_size is not None and window[0] != window[1]:
+        raise ValueError(f'RegionViT windows are square: window_size must be one int, got {window_size!r}')
+    return min(window)
 
 
 @register_notrace_function  # FX: one node; branch-free, so it also traces where not wrapped
