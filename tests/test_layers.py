@@ -3,9 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import timm
+
 from timm_vitvariants.layers import (
-    ReducedKVAttention, RelPosBias, WindowAttention, grid_partition, grid_reverse, scaled_dot_attention,
-    window_partition, window_reverse,
+    GluMlp, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, grid_partition, grid_reverse,
+    onednn_fusable, scaled_dot_attention, window_partition, window_reverse,
 )
 
 
@@ -101,3 +103,68 @@ def test_reduced_kv_attention(size, reduction):
     heads = [t.unflatten(-1, (2, -1)).transpose(1, 2) for t in (q, k, v)]
     expected = attn.proj(reference_attention(*heads).transpose(1, 2).flatten(2)).reshape(2, H, W, 8)
     torch.testing.assert_close(attn(x), expected)
+
+
+def onednn_fused_ops(fn) -> set:
+    """The oneDNN fused ops (``mkldnn::*_pointwise``) that ``fn()`` runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key.startswith('mkldnn::')}
+
+
+@pytest.mark.parametrize('make, op', [
+    (lambda: Mlp(64, 256, act_layer=torch.nn.GELU), 'mkldnn::_linear_pointwise'),
+    (lambda: GluMlp(64, 512, act_layer=torch.nn.GELU, gate_last=True), 'mkldnn::_linear_pointwise'),
+    (lambda: GluMlp(64, 512, act_layer=torch.nn.GELU, gate_last=False), 'mkldnn::_linear_pointwise'),
+])
+def test_fused_mlps_are_timm_s_mlps_with_the_same_numbers(make, op):
+    """In eager fp32 CPU inference fc1 and its GELU (and a GLU's product) run fused: the same outputs as the
+    plain ops (oneDNN switched off), the same state-dict keys as timm's layers."""
+    torch.manual_seed(0)
+    mlp = make().eval()
+    for p in mlp.parameters():
+        p.data.normal_(0, 0.2)
+    x = torch.randn(2, 5, 7, 64)
+    with torch.no_grad():
+        assert op in onednn_fused_ops(lambda: mlp(x))
+        fused = mlp(x)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not onednn_fused_ops(lambda: mlp(x))
+            plain = mlp(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    timm_cls = {Mlp: timm.layers.Mlp, GluMlp: timm.layers.GluMlp}[type(mlp)]
+    assert isinstance(mlp, timm_cls)
+    assert mlp.state_dict().keys() == timm_cls(64, mlp.fc1.out_features).state_dict().keys()
+
+
+def test_fusion_only_in_eager_fp32_inference():
+    """Anything the fused ops cannot serve takes the plain ops: gradients (no autograd formula), training
+    mode (dropout), bf16, autocast, tensor subclasses, and TorchScript."""
+    torch.manual_seed(0)
+    mlp = Mlp(64, 256, act_layer=torch.nn.GELU, drop=0.5).eval()
+    x = torch.randn(2, 9, 64)
+    assert not onednn_fused_ops(lambda: mlp(x))  # grad enabled
+    assert mlp(x).grad_fn is not None
+    with torch.no_grad():
+        assert onednn_fusable(x)
+        assert not onednn_fusable(x.bfloat16()) and not onednn_fusable(torch.nn.Parameter(x))
+        assert not onednn_fused_ops(lambda: mlp.train()(x))  # dropout active: the plain path
+        mlp.eval()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not onednn_fusable(x) and not onednn_fused_ops(lambda: mlp(x))
+        scripted = torch.jit.script(mlp)
+        torch.testing.assert_close(scripted(x), mlp(x), rtol=1e-5, atol=1e-5)
+    assert not Mlp(512, 2048, act_layer=torch.nn.GELU).fuse_gelu  # wide layers: MKL's GEMM is faster here
+    assert not Mlp(64, 256, act_layer=lambda: torch.nn.GELU(approximate='tanh')).fuse_gelu  # exact GELU only
+
+
+@pytest.mark.parametrize('stride, groups, padding', [(1, 1, 0), (2, 16, 1), (1, 16, 1)])
+def test_conv_gelu(stride, groups, padding):
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(32, 16 // groups, 2 * padding + 1, 2 * padding + 1) * 0.3, torch.randn(32)
+    with torch.no_grad():
+        assert onednn_fused_ops(lambda: conv_gelu(x, weight, bias, stride, padding, groups))
+        expected = F.gelu(F.conv2d(x, weight, bias, stride, padding, 1, groups))
+        torch.testing.assert_close(conv_gelu(x, weight, bias, stride, padding, groups), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv_gelu(x, weight, bias, stride, padding, groups), expected)  # the plain ops

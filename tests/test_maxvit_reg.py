@@ -113,6 +113,27 @@ def test_padding_reaches_no_real_token(monkeypatch):
     assert not padded
 
 
+def test_padding_masks_are_built_once_per_stage(monkeypatch):
+    """Every block of a stage sees the same padded map: the stage builds the key masks once for all of them."""
+    import timm_vitvariants.maxvit_reg as maxvit_module
+    torch.manual_seed(0)
+    model = tiny(depths=(2, 3, 1), window_size=3, num_registers=2).eval()
+    x = torch.randn(2, 3, 50, 38)  # every stage pads
+    with torch.no_grad():
+        expected = model(x)
+    built = []
+    real = maxvit_module.padding_key_masks
+
+    def counted(*args):
+        built.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(maxvit_module, 'padding_key_masks', counted)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)
+    assert built == [(13, 10), (7, 5), (4, 3)]  # one per stage, for the map its blocks see
+
+
 def test_too_small_names_the_minimum():
     model = timm.create_model('maxvit_reg_tiny', depths=(1, 1, 1, 1)).eval()
     with pytest.raises(ValueError, match='at least 32x32, got 31x64'):

@@ -35,25 +35,26 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead, SqueezeExcite
+from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SqueezeExcite
 from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
-from timm.models import checkpoint, generate_default_cfgs, register_notrace_module
+from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
 
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_positive, stage_widths, windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
-    HeadsAttention, ImageCheck, RelPosBias, WindowDropPath, grid_partition, grid_reverse, pad_to_multiple,
-    resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
+    HeadsAttention, ImageCheck, Mlp, RelPosBias, WindowDropPath, conv_gelu, grid_partition, grid_reverse,
+    pad_to_multiple, resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
 )
 
 __all__ = ['MaxViTReg']
 
 
 class ConvBn(nn.Module):
-    """Bias-free conv + BatchNorm. Where the BatchNorm uses its running statistics (its own eval mode,
-    whatever the model's: BN adaptation sets BatchNorms back to train in an eval model) it is folded into
-    the conv's weight and bias on the fly: scaling a small weight saves a full pass over the activation."""
+    """Bias-free conv + BatchNorm (+ GELU with ``act``). Where the BatchNorm uses its running statistics
+    (its own eval mode, whatever the model's: BN adaptation sets BatchNorms back to train in an eval model)
+    it is folded into the conv's weight and bias on the fly: scaling a small weight saves a full pass over
+    the activation, and the GELU then runs inside the conv where oneDNN can (:func:`conv_gelu`)."""
 
     def __init__(
             self,
@@ -62,10 +63,12 @@ class ConvBn(nn.Module):
             kernel_size: int = 1,
             stride: int = 1,
             groups: int = 1,
+            act: bool = False,
             device=None,
             dtype=None,
     ):
         super().__init__()
+        self.act = act
         self.stride = stride
         self.padding = kernel_size // 2
         self.groups = groups
@@ -76,10 +79,13 @@ class ConvBn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.bn.running_mean, self.bn.running_var
         if self.bn.training or mean is None or var is None:  # batch statistics (or no running ones)
-            return self.bn(self.conv(x))
+            x = self.bn(self.conv(x))
+            return F.gelu(x) if self.act else x
         scale = self.bn.weight * torch.rsqrt(var + self.bn.eps)  # (C,)
         weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
         bias = self.bn.bias - mean * scale
+        if self.act:
+            return conv_gelu(x, weight, bias, self.stride, self.padding, self.groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, 1, self.groups)
 
 
@@ -101,18 +107,21 @@ class MBConv(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         mid_chs = int(out_chs * expand_ratio)
-        self.conv_pw = ConvBn(in_chs, mid_chs, **dd)
-        self.conv_dw = ConvBn(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, **dd)
-        self.act = nn.GELU()
+        self.conv_pw = ConvBn(in_chs, mid_chs, act=True, **dd)
+        self.conv_dw = ConvBn(mid_chs, mid_chs, 3, stride=stride, groups=mid_chs, act=True, **dd)
         self.se = SqueezeExcite(mid_chs, rd_channels=int(mid_chs * se_ratio), bias=False, act_layer=nn.SiLU, **dd)
         self.conv_pwl = ConvBn(mid_chs, out_chs, **dd)
         self.has_skip = in_chs == out_chs and stride == 1
         self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0. else nn.Identity()
 
+    def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """The (H, W) this block makes of an input map of ``size`` (the depthwise conv's stride, 3x3, pad 1)."""
+        s = self.conv_dw.stride
+        return (size[0] - 1) // s + 1, (size[1] - 1) // s + 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.act(self.conv_pw(x))
-        x = self.act(self.conv_dw(x))
+        x = self.conv_dw(self.conv_pw(x))
         x = self.conv_pwl(self.se(x))
         if self.has_skip:
             x = self.drop_path(x) + shortcut
@@ -148,6 +157,22 @@ class RegisterAttention(HeadsAttention):
         if key_mask is not None:
             bias = bias + key_mask  # (windows, heads, N, N)
         return self.proj_drop(self.proj(self.attend(q, k, v, bias)))
+
+
+KeyMasks = Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]
+
+
+@register_notrace_function  # FX: masks from concrete sizes
+def padding_key_masks(
+        size: Tuple[int, int], batch_size: int, window_size: Tuple[int, int], num_registers: int, x: torch.Tensor,
+) -> KeyMasks:
+    """(block, grid) attention masks for a (H, W) map padded to window multiples: each
+    (B * windows, 1, 1, registers + window tokens), -inf on padded keys; None where nothing is padded."""
+    block = window_padding_mask(size, window_size, x.device, x.dtype, False, num_registers)  # (windows, 1, N)
+    grid = window_padding_mask(size, window_size, x.device, x.dtype, True, num_registers)
+    if block is None or grid is None:  # both or neither: the same padding makes both
+        return None, None
+    return block.repeat(batch_size, 1, 1).unsqueeze(1), grid.repeat(batch_size, 1, 1).unsqueeze(1)
 
 
 @register_notrace_module  # FX leaf: pads and masks by concrete sizes
@@ -190,7 +215,9 @@ class MaxViTRegBlock(nn.Module):
     def init_weights(self) -> None:
         trunc_normal_(self.register_tokens, std=.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_masks: Optional[KeyMasks] = None) -> torch.Tensor:
+        """``key_masks``: :func:`padding_key_masks` for this block's map, built once by the stage for all its
+        blocks (built here when not given)."""
         x = self.conv(x)
         B, C, H, W = x.shape
         R = self.num_registers
@@ -199,8 +226,9 @@ class MaxViTRegBlock(nn.Module):
         # masked as keys (for the registers too) and cropped at the end; a map that divides needs neither
         x = pad_to_multiple(x.permute(0, 2, 3, 1), window)  # (B, Hp, Wp, C)
         Hp, Wp = x.shape[1], x.shape[2]
-        block_mask = self._key_mask((H, W), B, x, grid=False)
-        grid_mask = self._key_mask((H, W), B, x, grid=True)
+        if key_masks is None:
+            key_masks = padding_key_masks((H, W), B, window, R, x)
+        block_mask, grid_mask = key_masks
 
         # block attention: every window attends together with its own copy of the registers
         t = window_partition(x, window)  # (B * nW, wh * ww, C)
@@ -226,13 +254,6 @@ class MaxViTRegBlock(nn.Module):
         self.block_attn.rel_pos.set_window_size(self.window_size)
         self.grid_attn.rel_pos.set_window_size(self.window_size)
 
-    def _key_mask(self, size: Tuple[int, int], batch_size: int, x: torch.Tensor, grid: bool) -> Optional[torch.Tensor]:
-        """(B * windows, 1, 1, registers + window tokens) with -inf on padded keys, or None without padding."""
-        mask = window_padding_mask(size, self.window_size, x.device, x.dtype, grid, self.num_registers)
-        if mask is None:
-            return None
-        return mask.repeat(batch_size, 1, 1).unsqueeze(1)
-
 
 class MaxViTRegStage(nn.Module):
     def __init__(
@@ -255,11 +276,14 @@ class MaxViTRegStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.blocks[0]
+        size = first.conv.output_size((x.shape[-2], x.shape[-1]))
+        key_masks = padding_key_masks(size, x.shape[0], first.window_size, first.num_registers, x)  # once per stage
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x)
+                x = checkpoint(block, x, key_masks)
             else:
-                x = block(x)
+                x = block(x, key_masks)
         return x
 
 

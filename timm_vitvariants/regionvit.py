@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, Mlp, NormMlpClassifierHead
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, NormMlpClassifierHead
 from timm.layers import calculate_drop_path_rates, resample_patch_embed, to_2tuple
 from timm.models import checkpoint, generate_default_cfgs, load_state_dict, register_notrace_function
 from timm.models import register_notrace_module
@@ -70,7 +70,7 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_output_fmt, check_positive, per_stage, to_format
 from .base import windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
-from .layers import HeadsAttention, ImageCheck, PosConv, RelPosBias, WindowDropPath
+from .layers import HeadsAttention, ImageCheck, Mlp, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, resample_rel_pos_tables, window_partition, window_reverse
 
 __all__ = ['RegionViT']

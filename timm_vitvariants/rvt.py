@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import timm
-from timm.layers import DropPath, GluMlp, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import DropPath, calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint
@@ -39,7 +39,7 @@ from timm.models._manipulate import checkpoint
 from ._factory import base_cfg, build_variant, register_variant
 from .base import ModelBase, check_common_args, check_output_fmt, check_positive
 from .convert import copy_linear_mlp, register_converter
-from .layers import HeadsAttention, ImageCheck, pad_image_to_multiple, split_heads
+from .layers import GluMlp, HeadsAttention, ImageCheck, Mlp, compiling, pad_image_to_multiple, split_heads
 
 __all__ = ['RvT']
 
@@ -83,21 +83,13 @@ def _turn_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     B, h, N, d = x.shape
     real_dtype = torch.float64 if rotation.dtype == torch.complex128 else torch.float32
     pairs = x.to(real_dtype).reshape(B, h, N, d // 2, 2)
-    if not torch.jit.is_scripting() and _compiling():  # inductor makes no code for complex ops: real arithmetic
+    if not torch.jit.is_scripting() and compiling():  # inductor makes no code for complex ops: real arithmetic
         re, im = pairs.unbind(-1)
         cos, sin = rotation.real, rotation.imag
         turned = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
     else:  # one kernel instead of four multiplies, two adds and a stack
         turned = torch.view_as_real(torch.view_as_complex(pairs) * rotation)
     return turned.reshape(B, h, N, d).to(x.dtype)
-
-
-@torch.jit.unused  # TorchScript never asks (the call above is behind is_scripting)
-def _compiling() -> bool:
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and hasattr(compiler, 'is_compiling'):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()  # torch < 2.3
 
 
 class ConvQuery(nn.Module):
