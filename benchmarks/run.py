@@ -11,6 +11,8 @@ its contenders interleaved (A, B, A, B, ...) and reports medians. Measures, per 
     (torch.profiler), split into matrix-multiply/convolution/attention kernels and everything else;
     a model whose kernels all stay gives at most 1 / (its kernel share) to a rewrite that removes
     everything else, which bounds the speedup any implementation with the same kernels can reach;
+  * at padded sizes (``PADDED_SIZES``: 256, 320x480), inference time per GMAC against the default size,
+    GMACs counted at each size, padding included: 1 means padding costs its own work and nothing more;
   * peak training-step memory with and without grad checkpointing (each in a fresh process:
     peak RSS during one forward/backward minus the RSS before it);
 and compares, at identical configuration and weights (``from_vit_pytorch``), with the vit-pytorch
@@ -20,8 +22,10 @@ On a GPU it uses bf16 autocast and channels-last, and ``--compile`` adds torch.c
 Results go to ``benchmarks/results/<device>.json`` and ``.csv`` (an existing file is replaced only with
 ``--overwrite``); a table with the ratios is printed.
 ``--quick`` runs one variant per family, the ones the targets name (``maxvit_reg_tiny`` and the
-other families' small variants), with fewer rounds and no memory probes, and writes to
-``results/quick/`` (ignored by git and by the model cards).
+other families' small variants), with 2 timed rounds after 1 warm-up and no memory probes or padded
+sizes, and writes to ``results/quick/`` (ignored by git and by the model cards).
+Stderr shows a progress line per variant and per timed or profiled group of contenders, and none of the
+profiler's own C++ chatter (``USDT: ...``, ``gpuGetDeviceCount failed``: see ``PROFILER_NOISE``).
 """
 import argparse
 import csv
@@ -33,11 +37,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -230,7 +235,34 @@ KERNEL_OPS = (
     'aten::_scaled_dot_product_cudnn_attention_backward', 'aten::_flash_attention_forward',
     'aten::_flash_attention_backward', 'aten::_efficient_attention_forward', 'aten::_efficient_attention_backward',
     'aten::cudnn_convolution', 'aten::cudnn_convolution_transpose', 'aten::_convolution',
+    # oneDNN's linear / conv with the bias and a pointwise op (GELU, a product) fused in (layers.onednn_fusable)
+    'mkldnn::_linear_pointwise', 'mkldnn::_convolution_pointwise',
 )
+
+# What the profiler's C++ side prints to the process's stderr on every CPU run (kineto's trace markers, its
+# failed look for a GPU): noise that reads like failures, so it is kept off the terminal.
+PROFILER_NOISE = ('USDT:', 'gpuGetDeviceCount failed')
+
+
+@contextmanager
+def profiler_noise_filtered() -> Iterator[None]:
+    """Catches what is written to file descriptor 2 (C++ writes bypass ``sys.stderr``) and passes on every
+    line but ``PROFILER_NOISE``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors='replace').splitlines(keepends=True)
+                    if not any(noise in line for noise in PROFILER_NOISE)]
+            sys.stderr.write(''.join(kept))
+            sys.stderr.flush()
 
 
 def kernel_share(step: Callable[[], None], device: torch.device) -> Optional[float]:
@@ -241,7 +273,7 @@ def kernel_share(step: Callable[[], None], device: torch.device) -> Optional[flo
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == 'cuda'
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profiler_noise_filtered(), profile(activities=activities) as prof:
         step()
         synchronize(device)
     attr = 'self_device_time_total' if cuda else 'self_cpu_time_total'
@@ -305,6 +337,46 @@ class Row:
     step_memory_ckpt_mb: Optional[float] = None
     infer_kernel_share: Optional[float] = None  # fraction of op time in matmul/conv/attention kernels
     train_kernel_share: Optional[float] = None
+    # at the PADDED_SIZES, against img_size: GMACs per real pixel (> 1: the padding's own work) and inference
+    # time per GMAC (1: the padding costs its own work and nothing else; the target is <= 1)
+    pad_work_256: Optional[float] = None
+    pad_cost_256: Optional[float] = None
+    pad_work_320x480: Optional[float] = None
+    pad_cost_320x480: Optional[float] = None
+
+
+# Sizes that need padding in most families (windows of 7 do not divide a 256 px map at any stage), one of
+# them not square; Row's pad_* fields are named after them.
+PADDED_SIZES = ((256, 256), (320, 480))
+
+
+def size_label(size: Tuple[int, int]) -> str:
+    return str(size[0]) if size[0] == size[1] else f'{size[0]}x{size[1]}'
+
+
+def padded_costs(
+        ours: Contender, name: str, args, device: torch.device, amp_dtype: Optional[torch.dtype], probe: PeakProbe,
+) -> Dict[str, float]:
+    """Row's pad_* fields: inference at img_size and at every PADDED_SIZES size, interleaved; per round, time
+    per GMAC at the size over time per GMAC at img_size (GMACs counted at each size, padding included)."""
+    base = (args.img_size, args.img_size)
+    meta = timm.create_model(name, device='meta')
+    sizes = [base, *PADDED_SIZES]
+    runs = []
+    for h, w in sizes:
+        c = Contender(f'{name} {h}x{w}', ours.model)
+        batch = torch.randn(args.batch_size, 3, h, w, device=device)
+        make_steps(c, batch.contiguous(memory_format=torch.channels_last) if args.channels_last else batch, amp_dtype)
+        runs.append(c)
+    time_interleaved(runs, 'infer', args.repeats, device, probe, args.warmup)
+    gmacs = [count_gmacs(meta, (3, h, w)) for h, w in sizes]
+    out = {}
+    for (h, w), c, g in zip(sizes[1:], runs[1:], gmacs[1:]):
+        label = size_label((h, w))
+        out[f'pad_work_{label}'] = (g / (h * w)) / (gmacs[0] / (base[0] * base[1]))
+        out[f'pad_cost_{label}'] = statistics.median(
+            (t / g) / (t0 / gmacs[0]) for t, t0 in zip(c.times['infer'], runs[0].times['infer']))
+    return out
 
 
 def build(name_or_model, device: torch.device, channels_last: bool) -> nn.Module:
@@ -355,10 +427,13 @@ def benchmark_family_variant(
         if args.compile:
             c.model = torch.compile(c.model)
         make_steps(c, batch, amp_dtype)
-    peaks = {kind: time_interleaved(contenders, kind, args.repeats, device, probe, args.warmup)
-             for kind in ('infer', 'train')}
+    peaks = {}
+    for kind in ('infer', 'train'):
+        print(f'  {kind}: {", ".join(c.label for c in contenders)}, {args.repeats} rounds', file=sys.stderr, flush=True)
+        peaks[kind] = time_interleaved(contenders, kind, args.repeats, device, probe, args.warmup)
     if args.profile:
         for c in contenders:
+            print(f'  profiling {c.label}', file=sys.stderr, flush=True)
             c.kernel_share = {kind: kernel_share(getattr(c, kind), device) for kind in ('infer', 'train')}
     if exact:
         mine.times, mine.kernel_share = ours.times, ours.kernel_share
@@ -372,6 +447,10 @@ def benchmark_family_variant(
         return summary
 
     rows = [row(ours, 'ours', timm.create_model(name, device='meta'), timm_c)]
+    if args.padded:
+        print(f'  {name} at {", ".join(size_label(s) for s in PADDED_SIZES)} ...', file=sys.stderr, flush=True)
+        for key, value in padded_costs(ours, name, args, device, amp_dtype, probe).items():
+            setattr(rows[0], key, value)
     if mine is not None:
         rows += [row(mine, 'ours', converted, theirs), row(theirs, 'vit-pytorch', converted)]
     if timm_c:
@@ -385,15 +464,22 @@ def print_table(rows: List[Row]) -> None:
     def fmt(v, spec, scale=1.):
         return '' if v is None else format(scale * v, spec)
     header = ('model', 'params M', 'GMACs', 'infer img/s', 'train img/s', '% peak', 'vs', 'infer x', 'train x',
-              'kernels % infer', 'kernels % train', 'mem MB', 'ckpt MB')
+              'kernels % infer', 'kernels % train', 'mem MB', 'ckpt MB',
+              *[f'{size_label(s)} work/cost' for s in PADDED_SIZES])
     table = [header] + [(
         r.model, fmt(r.params_m, '.1f'), fmt(r.gmacs, '.2f'), fmt(r.infer_img_s, '.1f'), fmt(r.train_img_s, '.1f'),
         fmt(r.peak_fraction, '.0f', 100), r.compared_to, fmt(r.infer_speedup, '.2f'), fmt(r.train_speedup, '.2f'),
         fmt(r.infer_kernel_share, '.0f', 100), fmt(r.train_kernel_share, '.0f', 100),
-        fmt(r.step_memory_mb, '.0f'), fmt(r.step_memory_ckpt_mb, '.0f')) for r in rows]
+        fmt(r.step_memory_mb, '.0f'), fmt(r.step_memory_ckpt_mb, '.0f'),
+        *[_work_cost(r, size_label(s)) for s in PADDED_SIZES]) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print('  '.join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _work_cost(row: Row, label: str) -> str:
+    work, cost = getattr(row, f'pad_work_{label}'), getattr(row, f'pad_cost_{label}')
+    return '' if work is None else f'{work:.2f}/{cost:.2f}'
 
 
 def speedup_bound(kernel_share: Optional[float]) -> Optional[float]:
@@ -418,16 +504,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m benchmarks.run', description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='*', help='variants to run (default: all, or the small ones with --quick)')
     parser.add_argument('--quick', action='store_true',
-                        help=f'only {", ".join(QUICK)}; fewer rounds, no memory probes')
+                        help=f'only {", ".join(QUICK)}; fewer rounds, no memory probes or padded sizes')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--repeats', type=int, default=None, help='timed rounds per contender (default 9, quick 3)')
+    parser.add_argument('--repeats', type=int, default=None, help='timed rounds per contender (default 9, quick 2)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed rounds first (default 2, quick 1)')
     parser.add_argument('--profile', action=argparse.BooleanOptionalAction, default=True,
                         help='one profiled step per contender and kind: the matmul/conv kernel share (default on)')
     parser.add_argument('--memory', action=argparse.BooleanOptionalAction, default=None,
                         help='measure training memory with/without grad checkpointing (CPU; default on unless quick)')
     parser.add_argument('--memory-batch-size', type=int, default=32)
+    parser.add_argument('--padded', action=argparse.BooleanOptionalAction, default=None,
+                        help=f'inference cost per GMAC at {", ".join(size_label(s) for s in PADDED_SIZES)} '
+                             f'against --img-size (default on unless quick)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile every contender')
     parser.add_argument('--out', type=Path, default=None,
@@ -448,9 +537,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpu = device.type == 'cuda'
     amp_dtype = torch.bfloat16 if gpu else None
     args.channels_last = gpu
-    args.repeats = args.repeats or (3 if args.quick else 9)
+    args.repeats = args.repeats or (2 if args.quick else 9)
     args.warmup = (1 if args.quick else 2) if args.warmup is None else args.warmup
     args.memory = (not args.quick) if args.memory is None else args.memory
+    args.padded = (not args.quick) if args.padded is None else args.padded
     names = args.models or (list(QUICK) if args.quick else list_variants())
     unknown = [n for n in names if n not in list_variants()]
     if unknown:

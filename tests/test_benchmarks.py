@@ -1,5 +1,7 @@
 """The benchmark's own logic: references, ratios, the peak probe, kernel shares, refusing to overwrite."""
 import json
+import os
+from argparse import Namespace
 
 import pytest
 import torch
@@ -80,3 +82,29 @@ def test_quick_runs_one_variant_per_family_with_the_targets():
     assert families == set(timm_vitvariants.MODEL_MODULES)
     assert 'maxvit_reg_tiny' in run.QUICK and 'twinssvt_small' in run.QUICK  # the timm comparisons
     assert set(run.TIMM_COUNTERPARTS) <= set(run.QUICK)
+
+
+def test_profiler_noise_is_kept_off_the_terminal(capfd):
+    """The profiler's C++ trace markers and its failed GPU look are dropped from stderr; other lines pass."""
+    with run.profiler_noise_filtered():
+        os.write(2, b'USDT:2026-12-02 13:13:45 1:1 SyncActivityProfilerHandler.cpp:39] profiler_start\n'
+                    b'a real warning\n'
+                    b'ERROR:2026-12-02 13:13:45 1:1 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n')
+    assert capfd.readouterr().err == 'a real warning\n'
+    run.kernel_share(lambda: torch.randn(64, 64) @ torch.randn(64, 64), torch.device('cpu'))
+    err = capfd.readouterr().err
+    assert 'USDT' not in err and 'gpuGetDeviceCount' not in err
+
+
+def test_padded_costs_fill_the_row_s_fields():
+    """Per PADDED_SIZES size: GMACs per real pixel and time per GMAC, both against the default size."""
+    torch.manual_seed(0)
+    args = Namespace(img_size=64, batch_size=1, repeats=1, warmup=0, channels_last=False)
+    ours = run.Contender('rvt_tiny', timm.create_model('rvt_tiny'))
+    costs = run.padded_costs(ours, 'rvt_tiny', args, torch.device('cpu'), None,
+                             run.PeakProbe(32, 'cpu', torch.float32))
+    labels = [run.size_label(s) for s in run.PADDED_SIZES]
+    assert labels == ['256', '320x480']
+    assert set(costs) == {f'pad_{k}_{label}' for k in ('work', 'cost') for label in labels}
+    assert set(costs) <= set(run.Row.__dataclass_fields__) and all(v > 0 for v in costs.values())
+    assert costs['pad_work_320x480'] > costs['pad_work_256'] > 1  # global attention: more work per pixel
