@@ -231,9 +231,30 @@ def time_budget(names: List[str], results: List[dict]) -> List[str]:
                 f'convolution and attention kernels, which any implementation of that configuration runs as well; '
                 f'removing everything else would give at most {1 / share[0]:.2f}x / {1 / share[1]:.2f}x. Ours spends '
                 f'{100 * mine["infer_kernel_share"]:.0f}% / {100 * mine["train_kernel_share"]:.0f}% there and runs '
-                f'{mine["infer_speedup"]:.2f}x / {mine["train_speedup"]:.2f}x the reference\'s speed.')
+                f'{mine["infer_speedup"]:.2f}x / {mine["train_speedup"]:.2f}x the reference\'s speed: '
+                f'{100 * mine["infer_speedup"] * share[0]:.0f}% / {100 * mine["train_speedup"] * share[1]:.0f}% '
+                f'of that bound.')
     if lines:
         lines = ['**Where the time goes** (torch.profiler, one step of each kind in the same run):', ''] + lines + ['']
+    return lines
+
+
+def padded_sizes(names: List[str], results: List[dict]) -> List[str]:
+    """Per results file with padded-size figures: what a size that pads costs against the default size."""
+    lines = []
+    for result in results:
+        for name in names:
+            ours, _ = _rows_for(result, name)
+            labels = [k[len('pad_cost_'):] for k, v in (ours or {}).items() if k.startswith('pad_cost_') and v]
+            if not labels:
+                continue
+            figures = '; '.join(f'{label}: {ours[f"pad_work_{label}"]:.2f}x the GMACs per real pixel, '
+                                f'{ours[f"pad_cost_{label}"]:.2f}x the time per GMAC' for label in labels)
+            lines.append(f'- {result["meta"]["device"]}, `{name}`, against {result["meta"]["img_size"]}px: {figures}.')
+    if lines:
+        lines = ['**Sizes that pad** (inference against the default size in the same run; GMACs '
+                 'counted at each size with the padding, so a time per GMAC of 1.00x means the padding costs its '
+                 'own work and nothing more):', ''] + lines + ['']
     return lines
 
 
@@ -262,7 +283,7 @@ def family_section(family: str, infos: List[VariantInfo], results: List[dict], r
             'configuration and weights, and against timm\'s own model of the family where it has one, with the '
             'quartiles of the per-round ratios in brackets where the results have them):', '']
     out += speed_table(names, results)
-    out += [''] + time_budget(names, results)
+    out += [''] + time_budget(names, results) + padded_sizes(names, results)
     out += ['**Usage**:', '', '```python', 'import timm, timm_vitvariants', '',
             f"model = timm.create_model('{names[0]}', num_classes=10)  # pretrained=True once weights are published",
             f"backbone = timm.create_model('{names[0]}', features_only=True, out_indices=(-3, -2, -1))",

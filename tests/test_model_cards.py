@@ -67,6 +67,21 @@ def test_spread_missing_memory_and_time_budget_render(tmp_path):
     assert '1.20x (1.10-1.30) / 1.05x (1.00-1.10)' in line and 'not measured (400)' in line
     assert f'{ref_label} spends 80% of inference and 75% of a train step' in text
     assert 'at most 1.25x / 1.33x' in text and 'commit abc' in text
+    assert '96% / 79% of that bound' in text  # 1.2 * 0.8, 1.05 * 0.75
+
+
+def test_padded_size_figures_render(tmp_path):
+    name = list_variants()[0]
+    row = dict(model=name, family='x', kind='ours', compared_to='', params_m=1., gmacs=1., infer_img_s=10.,
+               train_img_s=5., gflops=1., peak_fraction=0.5, infer_speedup=None, train_speedup=None,
+               step_memory_mb=None, step_memory_ckpt_mb=None, pad_work_256=1.25, pad_cost_256=0.97,
+               pad_work_320x480=1.5, pad_cost_320x480=1.04)
+    meta = dict(device='dev', dtype='fp32', batch_size=8, img_size=224, threads=2, channels_last=False, compile=False,
+                matmul_peak_gflops=100., torch='t', timm='t', date='d')
+    (tmp_path / 'dev.json').write_text(json.dumps(dict(meta=meta, rows=[row])))
+    text = model_cards.render(model_cards.load_results(tmp_path))
+    assert (f'- dev, `{name}`, against 224px: 256: 1.25x the GMACs per real pixel, 0.97x the time per GMAC; '
+            f'320x480: 1.50x the GMACs per real pixel, 1.04x the time per GMAC.') in text
 
 
 LINK = re.compile(r'\[([^\]]*)\]\(([^)]*)\)')
