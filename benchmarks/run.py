@@ -355,10 +355,12 @@ def size_label(size: Tuple[int, int]) -> str:
 
 
 def padded_costs(
-        ours: Contender, name: str, args, device: torch.device, amp_dtype: Optional[torch.dtype], probe: PeakProbe,
+        ours: Contender, name: str, base_gmacs: float, args, device: torch.device, amp_dtype: Optional[torch.dtype],
+        probe: PeakProbe,
 ) -> Dict[str, float]:
-    """Row's pad_* fields: inference at img_size and at every PADDED_SIZES size, interleaved; per round, time
-    per GMAC at the size over time per GMAC at img_size (GMACs counted at each size, padding included)."""
+    """Row's pad_* fields: inference at img_size (``base_gmacs`` there, the row's own count) and at every
+    PADDED_SIZES size, interleaved; per round, time per GMAC at the size over time per GMAC at img_size
+    (GMACs counted at each size, padding included)."""
     base = (args.img_size, args.img_size)
     meta = timm.create_model(name, device='meta')
     sizes = [base, *PADDED_SIZES]
@@ -369,7 +371,7 @@ def padded_costs(
         make_steps(c, batch.contiguous(memory_format=torch.channels_last) if args.channels_last else batch, amp_dtype)
         runs.append(c)
     time_interleaved(runs, 'infer', args.repeats, device, probe, args.warmup)
-    gmacs = [count_gmacs(meta, (3, h, w)) for h, w in sizes]
+    gmacs = [base_gmacs] + [count_gmacs(meta, (3, h, w)) for h, w in PADDED_SIZES]
     out = {}
     for (h, w), c, g in zip(sizes[1:], runs[1:], gmacs[1:]):
         label = size_label((h, w))
@@ -449,7 +451,7 @@ def benchmark_family_variant(
     rows = [row(ours, 'ours', timm.create_model(name, device='meta'), timm_c)]
     if args.padded:
         print(f'  {name} at {", ".join(size_label(s) for s in PADDED_SIZES)} ...', file=sys.stderr, flush=True)
-        for key, value in padded_costs(ours, name, args, device, amp_dtype, probe).items():
+        for key, value in padded_costs(ours, name, rows[0].gmacs, args, device, amp_dtype, probe).items():
             setattr(rows[0], key, value)
     if mine is not None:
         rows += [row(mine, 'ours', converted, theirs), row(theirs, 'vit-pytorch', converted)]

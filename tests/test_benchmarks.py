@@ -11,6 +11,7 @@ import timm
 import timm_vitvariants
 from benchmarks import run
 from benchmarks.references import EXACT_FAMILIES, is_exact_reference, vit_pytorch_reference
+from timm_vitvariants.info import count_gmacs
 
 
 EXACT_VARIANTS = [n for n in timm.list_models(module=list(EXACT_FAMILIES))]
@@ -101,7 +102,8 @@ def test_padded_costs_fill_the_row_s_fields():
     torch.manual_seed(0)
     args = Namespace(img_size=64, batch_size=1, repeats=1, warmup=0, channels_last=False)
     ours = run.Contender('rvt_tiny', timm.create_model('rvt_tiny'))
-    costs = run.padded_costs(ours, 'rvt_tiny', args, torch.device('cpu'), None,
+    base_gmacs = count_gmacs(ours.model, (3, 64, 64))
+    costs = run.padded_costs(ours, 'rvt_tiny', base_gmacs, args, torch.device('cpu'), None,
                              run.PeakProbe(32, 'cpu', torch.float32))
     labels = [run.size_label(s) for s in run.PADDED_SIZES]
     assert labels == ['256', '320x480']

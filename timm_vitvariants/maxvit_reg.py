@@ -115,9 +115,9 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0. else nn.Identity()
 
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
-        """The (H, W) this block makes of an input map of ``size`` (the depthwise conv's stride, 3x3, pad 1)."""
-        s = self.conv_dw.stride
-        return (size[0] - 1) // s + 1, (size[1] - 1) // s + 1
+        """The (H, W) this block makes of an input map of ``size``: only the depthwise conv strides."""
+        k, p, s = self.conv_dw.conv.kernel_size[0], self.conv_dw.padding, self.conv_dw.stride
+        return (size[0] + 2 * p - k) // s + 1, (size[1] + 2 * p - k) // s + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
