@@ -22,8 +22,9 @@ On a GPU it uses bf16 autocast and channels-last, and ``--compile`` adds torch.c
 Results go to ``benchmarks/results/<device>.json`` and ``.csv`` (an existing file is replaced only with
 ``--overwrite``); a table with the ratios is printed.
 ``--quick`` runs one variant per family, the ones the targets name (``maxvit_reg_tiny`` and the
-other families' small variants), with 2 timed rounds after 1 warm-up and no memory probes or padded
-sizes, and writes to ``results/quick/`` (ignored by git and by the model cards).
+other families' small variants), with 2 timed rounds after 1 warm-up, no memory probes or padded
+sizes, and only the vit-pytorch references profiled (their kernel shares are the bounds), and writes to
+``results/quick/`` (ignored by git and by the model cards).
 Stderr shows a progress line per variant and per timed or profiled group of contenders, and none of the
 profiler's own C++ chatter (``USDT: ...``, ``gpuGetDeviceCount failed``: see ``PROFILER_NOISE``).
 """
@@ -113,13 +114,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> Tuple[float, int]:
-    """(best median GFLOP/s, its size) over square matrix multiplies: the achievable peak for this dtype."""
+def matmul_peak(
+        device: torch.device, dtype: torch.dtype, repeats: int = 5, sizes: Optional[Tuple[int, ...]] = None,
+) -> Tuple[float, int]:
+    """(best median GFLOP/s, its size) over square matrix multiplies of ``sizes`` (default 1024 to 4096, and
+    8192 on a GPU): the achievable peak for this dtype."""
     best, best_n = 0., 0
-    for n in (1024, 2048, 3072, 4096) + ((8192,) if device.type == 'cuda' else ()):
+    for n in sizes or (1024, 2048, 3072, 4096) + ((8192,) if device.type == 'cuda' else ()):
         probe = PeakProbe(n, device, dtype)
-        for _ in range(2):
-            probe()
+        probe()  # warm-up
         gflops = probe.flops / statistics.median(timed(probe, device) for _ in range(repeats)) / 1e9
         if gflops > best:
             best, best_n = gflops, n
@@ -203,9 +206,8 @@ def time_interleaved(
             elapsed = timed(getattr(c, kind), device)
             if round_index >= warmup:
                 c.times[kind].append(elapsed)
-        elapsed = timed(probe, device)
-        if round_index >= warmup:
-            peaks.append(probe.flops / elapsed / 1e9)
+        if round_index >= warmup:  # a warm-up round's peak would be thrown away
+            peaks.append(probe.flops / timed(probe, device) / 1e9)
     probe.gflops += peaks
     return peaks
 
@@ -434,21 +436,29 @@ def benchmark_family_variant(
         print(f'  {kind}: {", ".join(c.label for c in contenders)}, {args.repeats} rounds', file=sys.stderr, flush=True)
         peaks[kind] = time_interleaved(contenders, kind, args.repeats, device, probe, args.warmup)
     if args.profile:
-        for c in contenders:
+        # --quick profiles only the vit-pytorch reference, whose kernel shares make the bounds: a profiled
+        # train step costs as much as a timed round
+        profiled = [c for c in (theirs,) if c is not None] if args.quick else contenders
+        for c in profiled:
             print(f'  profiling {c.label}', file=sys.stderr, flush=True)
             c.kernel_share = {kind: kernel_share(getattr(c, kind), device) for kind in ('infer', 'train')}
     if exact:
         mine.times, mine.kernel_share = ours.times, ours.kernel_share
 
+    counted: Dict[int, float] = {}  # GMACs by model: a model in two rows is counted once (~1 s a count)
+
     def row(c: Contender, kind: str, model: nn.Module, against: Optional[Contender] = None) -> Row:
-        summary = summarize(c, family, kind, against.label if against else '', count_gmacs(model, (3, size, size)),
+        model = getattr(model, '_orig_mod', model)  # counted uncompiled under --compile
+        if id(model) not in counted:
+            counted[id(model)] = count_gmacs(model, (3, size, size))
+        summary = summarize(c, family, kind, against.label if against else '', counted[id(model)],
                             args.batch_size, peaks['infer'])
         if against is not None:
             summary.infer_speedup_q1, summary.infer_speedup, summary.infer_speedup_q3 = speedup(c, against, 'infer')
             summary.train_speedup_q1, summary.train_speedup, summary.train_speedup_q3 = speedup(c, against, 'train')
         return summary
 
-    rows = [row(ours, 'ours', timm.create_model(name, device='meta'), timm_c)]
+    rows = [row(ours, 'ours', ours.model, timm_c)]
     if args.padded:
         print(f'  {name} at {", ".join(size_label(s) for s in PADDED_SIZES)} ...', file=sys.stderr, flush=True)
         for key, value in padded_costs(ours, name, rows[0].gmacs, args, device, amp_dtype, probe).items():
@@ -512,7 +522,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=None, help='timed rounds per contender (default 9, quick 2)')
     parser.add_argument('--warmup', type=int, default=None, help='untimed rounds first (default 2, quick 1)')
     parser.add_argument('--profile', action=argparse.BooleanOptionalAction, default=True,
-                        help='one profiled step per contender and kind: the matmul/conv kernel share (default on)')
+                        help='one profiled step per contender and kind: the matmul/conv kernel share (default on; '
+                             'quick: the vit-pytorch references only)')
     parser.add_argument('--memory', action=argparse.BooleanOptionalAction, default=None,
                         help='measure training memory with/without grad checkpointing (CPU; default on unless quick)')
     parser.add_argument('--memory-batch-size', type=int, default=32)
@@ -558,7 +569,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     commit = source_commit()  # now: the code measured, whatever is committed during the run
     torch.manual_seed(0)
     peak_dtype = amp_dtype or torch.float32
-    sweep_peak, peak_size = matmul_peak(device, peak_dtype)
+    # --quick: one size instead of the sweep (~15 s on 2 cores); the per-round probe gives the figure either way
+    sweep = dict(repeats=3, sizes=(2048,)) if args.quick else {}
+    sweep_peak, peak_size = matmul_peak(device, peak_dtype, **sweep)
     probe = PeakProbe.lasting(0.2, peak_size, sweep_peak, device, peak_dtype)
     # Memory first, while this process is still small: the probes' peak RSS is only trustworthy while the
     # machine has memory to spare (with this process grown by the timed models, a fresh probe of a

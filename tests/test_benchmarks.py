@@ -61,6 +61,19 @@ def test_peak_probe_lasts_about_as_asked():
     assert len(peaks) == 3 and all(p > 0 for p in peaks)
 
 
+def test_matmul_peak_sweeps_the_sizes_asked_and_warm_up_rounds_skip_the_probe():
+    gflops, size = run.matmul_peak(torch.device('cpu'), torch.float32, repeats=1, sizes=(32, 64))
+    assert size in (32, 64) and gflops > 0
+    calls = []
+
+    class CountingProbe(run.PeakProbe):
+        def __call__(self) -> None:
+            calls.append(1)
+
+    run.time_interleaved([], 'infer', 2, torch.device('cpu'), CountingProbe(32, 'cpu', torch.float32), warmup=3)
+    assert len(calls) == 2  # timed rounds only
+
+
 def test_kernel_share_separates_matmuls_from_the_rest():
     a, b = torch.randn(256, 256), torch.randn(256, 256)
     matmul_only = run.kernel_share(lambda: a @ b, torch.device('cpu'))
