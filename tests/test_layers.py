@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import timm
 
 from timm_vitvariants.layers import (
-    GluMlp, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, grid_partition, grid_reverse,
+    GELU, GluMlp, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, gelu, grid_partition, grid_reverse,
     onednn_fusable, scaled_dot_attention, window_partition, window_reverse,
 )
 
@@ -168,3 +168,20 @@ def test_conv_gelu(stride, groups, padding):
         expected = F.gelu(F.conv2d(x, weight, bias, stride, padding, 1, groups))
         torch.testing.assert_close(conv_gelu(x, weight, bias, stride, padding, groups), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv_gelu(x, weight, bias, stride, padding, groups), expected)  # the plain ops
+
+
+def test_gelu_on_channels_last_maps_is_bitwise_the_nchw_result_and_keeps_the_layout():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 64, 9, 11) * 3).requires_grad_()
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    y, y_cl = F.gelu(x), gelu(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y_cl, y)  # the NCHW (vectorised) numbers, which the channels-last strides alone do not give
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_cl.backward(grad.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(x_cl.grad, x.grad)
+    tokens = torch.randn(2, 5, 8)
+    assert torch.equal(gelu(tokens), F.gelu(tokens))  # anything else is plain F.gelu
+    assert torch.equal(GELU()(x_cl), y)
+    assert torch.equal(GELU(approximate='tanh')(x_cl), F.gelu(x_cl, approximate='tanh'))

@@ -43,7 +43,7 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_positive, stage_widths, windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
-    HeadsAttention, ImageCheck, Mlp, RelPosBias, WindowDropPath, conv_gelu, grid_partition, grid_reverse,
+    HeadsAttention, ImageCheck, Mlp, RelPosBias, WindowDropPath, conv_gelu, gelu, grid_partition, grid_reverse,
     pad_to_multiple, resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
 )
 
@@ -80,7 +80,7 @@ class ConvBn(nn.Module):
         mean, var = self.bn.running_mean, self.bn.running_var
         if self.bn.training or mean is None or var is None:  # batch statistics (or no running ones)
             x = self.bn(self.conv(x))
-            return F.gelu(x) if self.act else x
+            return gelu(x) if self.act else x
         scale = self.bn.weight * torch.rsqrt(var + self.bn.eps)  # (C,)
         weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
         bias = self.bn.bias - mean * scale

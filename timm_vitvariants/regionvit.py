@@ -70,7 +70,7 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_output_fmt, check_positive, per_stage, to_format
 from .base import windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
-from .layers import HeadsAttention, ImageCheck, Mlp, PosConv, RelPosBias, WindowDropPath
+from .layers import GELU, HeadsAttention, ImageCheck, Mlp, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, resample_rel_pos_tables, window_partition, window_reverse
 
 __all__ = ['RegionViT']
@@ -256,7 +256,7 @@ def make_downsample(in_chs: int, dim: int, downsample: str, device=None, dtype=N
     # IBM's official model: pre-norm and GELU, then a depthwise conv giving each channel dim / in_chs outputs
     return nn.Sequential(
         LayerNorm2d(in_chs, eps=1e-5, **dd),
-        nn.GELU(),
+        GELU(),
         nn.Conv2d(in_chs, dim, 3, stride=2, padding=1, groups=in_chs, **dd),
     )
 
@@ -363,10 +363,10 @@ class Tokenizers(nn.Module):
             self.local = nn.Sequential(
                 nn.Conv2d(in_chans, width1, 3, stride=2, padding=1, **dd),
                 LayerNorm2d(width1, eps=1e-5, **dd),
-                nn.GELU(),
+                GELU(),
                 nn.Conv2d(width1, width2, 3, stride=2, padding=1, **dd),
                 LayerNorm2d(width2, eps=1e-5, **dd),
-                nn.GELU(),
+                GELU(),
                 nn.Conv2d(width2, dim, 3, padding=1, **dd),
             )
         else:
