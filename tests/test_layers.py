@@ -185,3 +185,4 @@ def test_gelu_on_channels_last_maps_is_bitwise_the_nchw_result_and_keeps_the_lay
     assert torch.equal(gelu(tokens), F.gelu(tokens))  # anything else is plain F.gelu
     assert torch.equal(GELU()(x_cl), y)
     assert torch.equal(GELU(approximate='tanh')(x_cl), F.gelu(x_cl, approximate='tanh'))
+    assert torch.equal(torch.jit.script(GELU())(x_cl), y)

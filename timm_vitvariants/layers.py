@@ -161,7 +161,7 @@ class GELU(nn.GELU):
     """``nn.GELU`` (exact) that runs :func:`gelu`: the fast path for channels-last maps."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu(x) if self.approximate == 'none' else super().forward(x)
+        return gelu(x) if self.approximate == 'none' else F.gelu(x, approximate=self.approximate)
 
 
 def conv_gelu(
