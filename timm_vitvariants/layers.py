@@ -158,7 +158,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GELU(nn.GELU):
-    """``nn.GELU`` (exact) that runs :func:`gelu`: the fast path for channels-last maps."""
+    """``nn.GELU`` whose exact form runs :func:`gelu` (the fast path for channels-last maps)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gelu(x) if self.approximate == 'none' else F.gelu(x, approximate=self.approximate)
