@@ -94,7 +94,8 @@ def source_commit() -> Optional[str]:
 
 
 def device_name(device: torch.device) -> str:
-    """A file-name-safe description of the device, e.g. 'cpu-intel-xeon-processor-2t'."""
+    """A file-name-safe description of the device, e.g. 'cpu-amd-epyc-avx512-2t'. A CPU's vector ISA is part
+    of it: hosts under one model name differ there, and with it the balance of MKL's and oneDNN's kernels."""
     if device.type == 'cuda':
         name = torch.cuda.get_device_name(device)
     else:
@@ -104,7 +105,7 @@ def device_name(device: torch.device) -> str:
                 name = next(line.split(':', 1)[1] for line in f if line.startswith('model name'))
         except (OSError, StopIteration):
             pass
-        name = f'cpu {name} {torch.get_num_threads()}t'
+        name = f'cpu {name} {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()}t'
     name = name.lower().replace('(r)', '').replace('(tm)', '')
     return '-'.join(''.join(c if c.isalnum() else ' ' for c in name).split())
 
@@ -591,6 +592,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta = dict(
         device=device_name(device), torch=torch.__version__, timm=timm.__version__,
         timm_vitvariants=timm_vitvariants.__version__, commit=commit, threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
         dtype='bf16-autocast' if amp_dtype else 'fp32', channels_last=args.channels_last, compile=args.compile,
         batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats, malloc_tuned=malloc_tuned,
         memory_batch_size=args.memory_batch_size, matmul_peak_gflops=peak, matmul_peak_size=peak_size,
