@@ -216,7 +216,7 @@ KINDS = ('infer', 'train')
 
 
 def _kernel_time_note(mine: dict, share: tuple) -> str:
-    """Where our kernels alone take longer than the reference's, the bound above does not hold for us: say by how much."""
+    """Where our kernels alone take longer than the reference's, the same-kernels bound is not ours: by how much."""
     # both shares as fractions of the reference's step time: ours is our share of our (1/speedup as long) step
     ratios = [mine[f'{kind}_kernel_share'] / mine[f'{kind}_speedup'] / s for kind, s in zip(KINDS, share)]
     if max(ratios) < 1.05:
@@ -343,8 +343,8 @@ def render(results: Optional[List[dict]] = None) -> str:
             f'({how}); torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}'
             + (f', commit {meta["commit"]}.' if meta.get('commit') else '.')
             + (' Figures over 100% of that peak: some kernels here (oneDNN\'s convolutions and linears) run faster '
-               'than the torch.mm probe (MKL\'s GEMM).' if any((r.get('peak_fraction') or 0) > 1 for r in result['rows'])
-               else ''))
+               'than the torch.mm probe (MKL\'s GEMM).'
+               if any((r.get('peak_fraction') or 0) > 1 for r in result['rows']) else ''))
     if not results:
         out.append('- none committed yet.')
     out += ['', '| variant | params M | GMACs | default input | feature strides |', '|---|---|---|---|---|']
