@@ -222,7 +222,7 @@ def _kernel_time_note(mine: dict, share: tuple) -> str:
     if max(ratios) < 1.05:
         return ''
     return (f' Our kernels themselves take {ratios[0]:.2f}x / {ratios[1]:.2f}x the reference\'s kernel time: '
-            'the same work runs in other, slower kernels here, so that bound is not ours.')
+            'the same arithmetic runs slower in the kernels (or shapes) we call here, so that bound is not ours.')
 
 
 def time_budget(names: List[str], results: List[dict]) -> List[str]:
@@ -342,8 +342,7 @@ def render(results: Optional[List[dict]] = None) -> str:
             f'- {meta["device"]}: {_setting(meta)}, {peak_dtype} matmul peak {meta["matmul_peak_gflops"]:.0f} GFLOP/s '
             f'({how}); torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}'
             + (f', commit {meta["commit"]}.' if meta.get('commit') else '.')
-            + (' Figures over 100% of that peak: some kernels here (oneDNN\'s convolutions and linears) run faster '
-               'than the torch.mm probe (MKL\'s GEMM).'
+            + (' Figures over 100% of that peak: some kernels here run faster than the torch.mm probe.'
                if any((r.get('peak_fraction') or 0) > 1 for r in result['rows']) else ''))
     if not results:
         out.append('- none committed yet.')
