@@ -5,9 +5,11 @@ import torch.nn.functional as F
 
 import timm
 
+from timm_vitvariants import layers
 from timm_vitvariants.layers import (
-    GELU, GluMlp, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, gelu, grid_partition, grid_reverse,
-    onednn_fusable, scaled_dot_attention, window_partition, window_reverse,
+    GELU, GluMlp, Linear, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, gelu, grid_partition,
+    grid_reverse, onednn_fusable, onednn_gemm, scaled_dot_attention, set_onednn_gemm, window_partition,
+    window_reverse,
 )
 
 
@@ -105,11 +107,23 @@ def test_reduced_kv_attention(size, reduction):
     torch.testing.assert_close(attn(x), expected)
 
 
-def onednn_fused_ops(fn) -> set:
-    """The oneDNN fused ops (``mkldnn::*_pointwise``) that ``fn()`` runs."""
+@pytest.fixture
+def host_gemm():
+    """Restores the host's GEMM choice after a test that sets it."""
+    yield
+    set_onednn_gemm(None)
+
+
+def ops_run(fn) -> set:
+    """The names of the ops that ``fn()`` runs."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fn()
-    return {e.key for e in prof.key_averages() if e.key.startswith('mkldnn::')}
+    return {e.key for e in prof.key_averages()}
+
+
+def onednn_fused_ops(fn) -> set:
+    """The oneDNN fused ops (``mkldnn::*_pointwise``) that ``fn()`` runs."""
+    return {op for op in ops_run(fn) if op.startswith('mkldnn::')}
 
 
 @pytest.mark.parametrize('make, op', [
@@ -137,9 +151,11 @@ def test_fused_mlps_are_timm_s_mlps_with_the_same_numbers(make, op):
     assert mlp.state_dict().keys() == timm_cls(64, mlp.fc1.out_features).state_dict().keys()
 
 
-def test_fusion_only_in_eager_fp32_inference():
+def test_fusion_only_in_eager_fp32_inference(host_gemm):
     """Anything the fused ops cannot serve takes the plain ops: gradients (no autograd formula), training
-    mode (dropout), bf16, autocast, tensor subclasses, and TorchScript."""
+    mode (dropout), bf16, autocast, tensor subclasses, and TorchScript. (The linears' own oneDNN GEMMs,
+    tested below, are switched off here: every oneDNN op seen is then a fusion.)"""
+    set_onednn_gemm(False)
     torch.manual_seed(0)
     mlp = Mlp(64, 256, act_layer=torch.nn.GELU, drop=0.5).eval()
     x = torch.randn(2, 9, 64)
@@ -154,8 +170,107 @@ def test_fusion_only_in_eager_fp32_inference():
             assert not onednn_fusable(x) and not onednn_fused_ops(lambda: mlp(x))
         scripted = torch.jit.script(mlp)
         torch.testing.assert_close(scripted(x), mlp(x), rtol=1e-5, atol=1e-5)
-    assert not Mlp(512, 2048, act_layer=torch.nn.GELU).fuse_gelu  # wide layers: MKL's GEMM is faster here
     assert not Mlp(64, 256, act_layer=lambda: torch.nn.GELU(approximate='tanh')).fuse_gelu  # exact GELU only
+
+
+def test_wide_mlps_fuse_only_where_the_linears_run_on_onednn(host_gemm):
+    """Where aten's GEMM (MKL's) is the faster one, a wide fc1 keeps it and its GELU runs apart."""
+    mlp = Mlp(512, 2048, act_layer=torch.nn.GELU).eval()
+    x = torch.randn(2, 9, 512)
+    with torch.no_grad():
+        set_onednn_gemm(False)
+        assert not onednn_fused_ops(lambda: mlp(x))
+        plain = mlp(x)
+        set_onednn_gemm(True)
+        assert onednn_fused_ops(lambda: mlp(x)) == {'mkldnn::_linear_pointwise'}
+        torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)
+
+
+def linear_and_grads(linear, x, create_graph=False):
+    x = x.detach().requires_grad_()
+    y = linear(x)
+    grads = torch.autograd.grad((y * y).sum(), [x, *linear.parameters()], create_graph=create_graph)
+    return y, grads
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_onednn_linear_forward_and_backward_match_nn_linear(host_gemm, bias):
+    """Every GEMM on oneDNN, with nn.Linear's numbers, for non-contiguous inputs (a cropped NHWC map) too."""
+    torch.manual_seed(0)
+    linear = Linear(24, 40, bias=bias)
+    x = torch.randn(2, 9, 11, 24)[:, :7, :5]
+    set_onednn_gemm(True)
+    assert onednn_gemm(x)
+    ops = ops_run(lambda: linear_and_grads(linear, x))
+    assert {'mkldnn::_linear_pointwise', 'aten::convolution_backward'} <= ops  # the weight gradient as a conv's
+    assert not ops & {'aten::mm', 'aten::addmm', 'aten::linear'}
+    y, grads = linear_and_grads(linear, x)
+    set_onednn_gemm(False)
+    assert not onednn_gemm(x) and not onednn_fused_ops(lambda: linear_and_grads(linear, x))
+    y_ref, grads_ref = linear_and_grads(linear, x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_onednn_linear_second_order_gradients_and_frozen_weights(host_gemm):
+    torch.manual_seed(0)
+    linear = Linear(16, 8)
+    x = torch.randn(3, 16)
+    results = []
+    for enabled in (True, False):
+        set_onednn_gemm(enabled)
+        _, (grad_x, *_) = linear_and_grads(linear, x, create_graph=True)
+        results.append(torch.autograd.grad(grad_x.square().sum(), linear.weight))  # e.g. a gradient penalty
+    torch.testing.assert_close(*results, rtol=1e-5, atol=1e-5)
+    set_onednn_gemm(True)
+    linear.requires_grad_(False)  # a frozen layer still passes the input's gradient
+    x = x.requires_grad_()
+    linear(x).sum().backward()
+    torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(3, 16))
+
+
+def test_onednn_linear_is_only_taken_in_eager_fp32(host_gemm):
+    """TorchScript, FX, bf16 and autocast get F.linear, with the same state dict as nn.Linear."""
+    set_onednn_gemm(True)
+    torch.manual_seed(0)
+    linear = Linear(16, 8)
+    x = torch.randn(3, 16)
+    assert linear.state_dict().keys() == torch.nn.Linear(16, 8).state_dict().keys()
+    assert not onednn_gemm(x.bfloat16()) and not onednn_gemm(torch.nn.Parameter(x))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not onednn_gemm(x)
+    expected = F.linear(x, linear.weight, linear.bias)
+    torch.testing.assert_close(torch.jit.script(linear)(x), expected)
+    traced = torch.fx.symbolic_trace(linear)
+    assert 'mkldnn' not in traced.code
+    torch.testing.assert_close(traced(x), expected)
+
+
+def test_onednn_gemm_host_default_and_environment_override(host_gemm, monkeypatch):
+    amd_avx512 = (torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+                  and layers._cpu_vendor() == 'AuthenticAMD')
+    set_onednn_gemm(None)
+    assert layers._ONEDNN_GEMM == (amd_avx512 and torch.backends.mkldnn.is_available())
+    monkeypatch.setenv('TIMM_VITVARIANTS_ONEDNN_GEMM', '0')
+    set_onednn_gemm(None)
+    assert not onednn_gemm(torch.randn(2, 3))
+    monkeypatch.setenv('TIMM_VITVARIANTS_ONEDNN_GEMM', '1')
+    set_onednn_gemm(None)
+    assert onednn_gemm(torch.randn(2, 3)) == torch.backends.mkldnn.is_available()
+
+
+def test_mlps_share_timm_s_linear_parameters():
+    """fc1/fc2 are :class:`Linear` over the very parameters timm's Mlp built (its init, its keys)."""
+    torch.manual_seed(0)
+    mlp = Mlp(8, 32)
+    torch.manual_seed(0)
+    timm_mlp = timm.layers.Mlp(8, 32)
+    assert type(mlp.fc1) is Linear and type(mlp.fc2) is Linear
+    assert [n for n, _ in mlp.named_parameters()] == [n for n, _ in timm_mlp.named_parameters()]
+    for p, q in zip(mlp.parameters(), timm_mlp.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert type(Mlp(8, 32, use_conv=True).fc1) is torch.nn.Conv2d
 
 
 @pytest.mark.parametrize('stride, groups, padding', [(1, 1, 0), (2, 16, 1), (1, 16, 1)])

@@ -4,6 +4,7 @@ Tensor layouts are named in the signatures: NCHW for conv-style maps, NHWC for t
 spatial, (B, N, C) for token sequences and (B, heads, N, head_dim) for attention operands.
 Everything takes ``device``/``dtype`` so a model can be built on the meta device.
 """
+import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -20,7 +21,8 @@ __all__ = [
     'PosConv',
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'pad_image_to_multiple',
     'window_padding_mask', 'WindowDropPath', 'PreNormBlock',
-    'compiling', 'onednn_fusable', 'gelu', 'GELU', 'conv_gelu', 'Mlp', 'GluMlp',
+    'compiling', 'onednn_fusable', 'onednn_gemm', 'set_onednn_gemm', 'Linear', 'gelu', 'GELU', 'conv_gelu', 'Mlp',
+    'GluMlp',
     'ImageCheck', 'nearest_multiples', 'init_weights', 'init_model_weights',
 ]
 
@@ -104,15 +106,22 @@ def onednn_fusable(x: torch.Tensor) -> bool:
     (no grad, no autocast, oneDNN enabled), not under TorchScript, tracing, FX, export or compile."""
     if torch.jit.is_scripting():
         return False
-    return _eager_fp32_cpu_inference(x)
+    return _eager_fp32_cpu(x) and not torch.is_grad_enabled()
 
 
-@torch.jit.unused  # TorchScript never asks (the call above is behind is_scripting)
-def _eager_fp32_cpu_inference(x: torch.Tensor) -> bool:
+@torch.jit.unused  # TorchScript never asks (the callers check is_scripting first)
+def _eager_fp32_cpu(x: torch.Tensor) -> bool:
     return (  # tracers first: dynamo folds compiling() to True and reads no further
-        _ONEDNN_FUSION and not compiling() and not torch.jit.is_tracing() and type(x) is torch.Tensor
-        and x.dtype == torch.float32 and x.device.type == 'cpu' and not torch.is_grad_enabled()
+        _ONEDNN_FUSION and not compiling() and not torch.jit.is_tracing() and not _functorch()
+        and type(x) is torch.Tensor and x.dtype == torch.float32 and x.device.type == 'cpu'
         and torch.backends.mkldnn.enabled and not _cpu_autocast())
+
+
+@torch.jit.unused
+def _functorch() -> bool:
+    """Whether a torch.func transform (vmap, grad, ...) is active: the oneDNN ops have no batching rule."""
+    active = getattr(torch._C, '_are_functorch_transforms_active', None)
+    return bool(active is not None and active())
 
 
 @torch.jit.unused
@@ -144,6 +153,118 @@ def _linear_mul(
 ) -> torch.Tensor:
     """(x W^T + b) * other in one op."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, 'mul')
+
+
+# --- oneDNN GEMMs where they beat MKL's ---------------------------------------------------------
+# aten runs an fp32 nn.Linear on x86 through MKL's sgemm. On a 2-core AVX-512 AMD EPYC that ran at 0.6x
+# oneDNN's GEMM (6272 x 384 -> 1536: 135 vs 218 GFLOP/s forward, 177 vs 403 for the input gradient),
+# while on a 2-core AVX2 AMD EPYC oneDNN's ran at 0.95x MKL's. So the linears here take oneDNN's GEMM
+# by default on AMD CPUs with AVX-512 only; Intel CPUs (not measured against it) keep MKL.
+# TIMM_VITVARIANTS_ONEDNN_GEMM=1 / 0 in the environment, or set_onednn_gemm(), overrides the choice.
+
+def _cpu_vendor() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('vendor_id'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return ''
+
+
+def _host_prefers_onednn_gemm() -> bool:
+    setting = os.environ.get('TIMM_VITVARIANTS_ONEDNN_GEMM', '').strip().lower()
+    if setting in ('0', '1', 'false', 'true'):
+        return setting in ('1', 'true')
+    capability = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '')()
+    return capability.startswith('AVX512') and _cpu_vendor() == 'AuthenticAMD'
+
+
+_ONEDNN_GEMM = _ONEDNN_FUSION and _host_prefers_onednn_gemm()
+
+
+def set_onednn_gemm(enabled: Optional[bool] = None) -> None:
+    """Run the linears' GEMMs through oneDNN (``True``), through aten's default (``False``), or as this
+    host's default (``None``: oneDNN on AVX-512 AMD CPUs). Outputs agree either way to rounding."""
+    global _ONEDNN_GEMM
+    enabled = _host_prefers_onednn_gemm() if enabled is None else enabled
+    _ONEDNN_GEMM = bool(enabled) and _ONEDNN_FUSION
+
+
+def onednn_gemm(x: torch.Tensor) -> bool:
+    """Whether a linear over ``x`` runs its GEMMs through oneDNN: on a host that prefers it (see
+    :func:`set_onednn_gemm`) and under :func:`onednn_fusable`'s conditions, except that gradients are
+    allowed (:class:`Linear` has a backward for it)."""
+    if torch.jit.is_scripting():
+        return False
+    return _onednn_gemm_eager(x)
+
+
+@torch.jit.unused
+def _onednn_gemm_eager(x: torch.Tensor) -> bool:
+    return _ONEDNN_GEMM and _eager_fp32_cpu(x)
+
+
+def _as_nhwc_map(x: torch.Tensor) -> torch.Tensor:
+    """(tokens, C) -> a (1, C, tokens, 1) channels-last view: the same memory as a conv's input."""
+    x = x.contiguous()
+    return x.view(1, x.shape[0], 1, x.shape[1]).permute(0, 3, 1, 2)
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """x W^T + b with every GEMM on oneDNN: forward and input gradient as linears, the weight gradient
+    as a 1x1 conv's (no linear op of oneDNN's returns it; 6272 x 1536 -> 384: 28 vs 41 ms for torch.mm,
+    same host as above)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        out_features, in_features = weight.shape
+        grad_2d = grad.reshape(-1, out_features)  # (tokens, out_features)
+        x_2d = x.reshape(-1, in_features)
+        grad_x = grad_weight = grad_bias = None
+        if torch.is_grad_enabled():  # create_graph: the plain, differentiable products (exact second order)
+            grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+            grad_weight = grad_2d.t() @ x_2d if ctx.needs_input_grad[1] else None
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, 'none', [], '')
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.ops.aten.convolution_backward(
+                    _as_nhwc_map(grad_2d), _as_nhwc_map(x_2d), weight[:, :, None, None], None,
+                    [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1].view(out_features, in_features)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_2d.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and keys) whose GEMMs go through oneDNN where :func:`onednn_gemm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if onednn_gemm(x):
+            return self._onednn_forward(x)
+        return F.linear(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return _OneDnnLinear.apply(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, 'none', [], '')
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear) -> 'Linear':
+        """A :class:`Linear` over ``linear``'s own parameters (shared, not copied)."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device='meta')
+        new.weight, new.bias = linear.weight, linear.bias
+        return new
 
 
 @register_notrace_function  # FX: one node; it branches on the memory format
@@ -183,24 +304,34 @@ def _exact_gelu(act: nn.Module) -> bool:
     return type(act) is nn.GELU and act.approximate == 'none'
 
 
-# oneDNN's GEMM runs a few % behind MKL's on compute-bound shapes (AMD EPYC, 2 cores: 0.95x at 1576 x 384
-# -> 1536), so a lone GELU is fused only into narrow layers, where the pass it saves is the larger cost
-# (1.26x at 25088 x 64 -> 256); a GLU gate saves a split and a multiply too, a win at every width measured.
+def _wrap_linears(mlp: nn.Module) -> None:
+    """fc1 and fc2 as :class:`Linear` (timm's Mlps build ``nn.Linear``; a ``use_conv`` Mlp keeps its convs)."""
+    if type(mlp.fc1) is nn.Linear:
+        mlp.fc1, mlp.fc2 = Linear.wrap(mlp.fc1), Linear.wrap(mlp.fc2)
+
+
+# Where aten's GEMM is MKL's (see onednn_gemm), oneDNN's runs a few % behind it on compute-bound shapes
+# (AVX2 AMD EPYC, 2 cores: 0.95x at 1576 x 384 -> 1536), so there a lone GELU is fused only into narrow
+# layers, where the pass it saves is the larger cost (1.26x at 25088 x 64 -> 256); a GLU gate saves a
+# split and a multiply too, a win at every width measured.
 FUSE_GELU_MAX_IN_FEATURES = 128
 
 
 class Mlp(TimmMlp):
     """timm's Mlp (same parameters and state-dict keys) whose fc1 + exact GELU run as one oneDNN op
-    in eager fp32 CPU inference (see :func:`onednn_fusable`) where fc1 is narrow."""
+    in eager fp32 CPU inference (see :func:`onednn_fusable`) where fc1 is narrow or the host's linears
+    run on oneDNN anyway (:func:`onednn_gemm`)."""
     fuse_gelu: torch.jit.Final[bool]
+    narrow: torch.jit.Final[bool]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fuse_gelu = (_exact_gelu(self.act) and isinstance(self.fc1, nn.Linear)
-                          and self.fc1.in_features <= FUSE_GELU_MAX_IN_FEATURES)
+        _wrap_linears(self)
+        self.fuse_gelu = _exact_gelu(self.act) and isinstance(self.fc1, nn.Linear)
+        self.narrow = self.fuse_gelu and self.fc1.in_features <= FUSE_GELU_MAX_IN_FEATURES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fuse_gelu and not self.training and onednn_fusable(x):
+        if self.fuse_gelu and not self.training and onednn_fusable(x) and (self.narrow or onednn_gemm(x)):
             return self._fused_forward(x)
         # timm's forward, spelled out: TorchScript cannot call super()
         return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
@@ -218,6 +349,7 @@ class GluMlp(TimmGluMlp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        _wrap_linears(self)
         self.fuse_gelu = _exact_gelu(self.act) and isinstance(self.fc1, nn.Linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -522,7 +654,7 @@ class HeadsAttention(nn.Module):
         self.value_pad = head_dim - value_dim
         self.fused_attn = use_fused_attn()
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(self.value_width, dim, bias=proj_bias, device=device, dtype=dtype)
+        self.proj = Linear(self.value_width, dim, bias=proj_bias, device=device, dtype=dtype)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def attend_heads(
@@ -571,7 +703,7 @@ class WindowAttention(HeadsAttention):
         dd = {'device': device, 'dtype': dtype}
         super().__init__(dim, num_heads, head_dim, value_dim, attn_drop, proj_drop, **dd)
         self.window_size = window_size
-        self.qkv = nn.Linear(dim, 2 * self.key_width + self.value_width, bias=qkv_bias, **dd)
+        self.qkv = Linear(dim, 2 * self.key_width + self.value_width, bias=qkv_bias, **dd)
         self.local_conv = local_conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -619,7 +751,7 @@ class ReducedKVAttention(HeadsAttention):
         dd = {'device': device, 'dtype': dtype}
         super().__init__(dim, num_heads, head_dim, value_dim, attn_drop, proj_drop, **dd)
         self.reduction = reduction
-        self.q = nn.Linear(dim, self.key_width, bias=qkv_bias, **dd)
+        self.q = Linear(dim, self.key_width, bias=qkv_bias, **dd)
         self.kv = nn.Conv2d(
             dim, self.key_width + self.value_width, reduction, stride=reduction, bias=qkv_bias, **dd)
 

@@ -43,7 +43,7 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_positive, stage_widths, windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
-    HeadsAttention, ImageCheck, Mlp, RelPosBias, WindowDropPath, conv_gelu, gelu, grid_partition, grid_reverse,
+    HeadsAttention, ImageCheck, Linear, Mlp, RelPosBias, WindowDropPath, conv_gelu, gelu, grid_partition, grid_reverse,
     pad_to_multiple, resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
 )
 
@@ -147,7 +147,7 @@ class RegisterAttention(HeadsAttention):
         dd = {'device': device, 'dtype': dtype}
         super().__init__(
             dim, dim // head_dim, head_dim, attn_drop=attn_drop, proj_drop=proj_drop, proj_bias=False, **dd)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.rel_pos = RelPosBias(window_size, self.num_heads, num_registers, prefix_bias=True, **dd)
 
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -70,7 +70,7 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_output_fmt, check_positive, per_stage, to_format
 from .base import windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
-from .layers import GELU, HeadsAttention, ImageCheck, Mlp, PosConv, RelPosBias, WindowDropPath
+from .layers import GELU, HeadsAttention, ImageCheck, Linear, Mlp, PosConv, RelPosBias, WindowDropPath
 from .layers import pad_image_to_multiple, resample_rel_pos_tables, window_partition, window_reverse
 
 __all__ = ['RegionViT']
@@ -99,7 +99,7 @@ class R2LAttention(HeadsAttention):
         self.norm = nn.LayerNorm(dim, eps=norm_eps, **dd)
         # IBM's official model normalizes the local pass with its own weights (the attention stays shared)
         self.local_norm = nn.LayerNorm(dim, eps=norm_eps, **dd) if separate_local_norm else None
-        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **dd)
+        self.qkv = Linear(dim, 3 * num_heads * head_dim, bias=qkv_bias, **dd)
 
     def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None, local: bool = False) -> torch.Tensor:
         if local and self.local_norm is not None:

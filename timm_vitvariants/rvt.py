@@ -39,7 +39,7 @@ from timm.models._manipulate import checkpoint
 from ._factory import base_cfg, build_variant, register_variant
 from .base import ModelBase, check_common_args, check_output_fmt, check_positive
 from .convert import copy_linear_mlp, register_converter
-from .layers import GluMlp, HeadsAttention, ImageCheck, Mlp, compiling, pad_image_to_multiple, split_heads
+from .layers import GluMlp, HeadsAttention, ImageCheck, Linear, Mlp, compiling, pad_image_to_multiple, split_heads
 
 __all__ = ['RvT']
 
@@ -100,8 +100,8 @@ class ConvQuery(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.depthwise = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False, **dd)
-        self.pointwise = nn.Linear(dim, inner_dim, bias=False, **dd)  # the 1x1 conv, on tokens
-        self.cls_proj = nn.Linear(dim, inner_dim, **dd) if dim != inner_dim else nn.Identity()
+        self.pointwise = Linear(dim, inner_dim, bias=False, **dd)  # the 1x1 conv, on tokens
+        self.cls_proj = Linear(dim, inner_dim, **dd) if dim != inner_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         cls_token, patches = x[:, :1], x[:, 1:]
@@ -122,7 +122,7 @@ class RotaryAttention(HeadsAttention):
         self.use_rotary = use_rotary
         self.query = ConvQuery(dim, inner_dim, query_kernel_size, **dd) if use_ds_conv else None
         # keys and values (plus the queries when they are not from the conv) in one matmul
-        self.qkv = nn.Linear(dim, inner_dim * (2 if use_ds_conv else 3), bias=False, **dd)
+        self.qkv = Linear(dim, inner_dim * (2 if use_ds_conv else 3), bias=False, **dd)
 
     def forward(self, x: torch.Tensor, rotation: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         projected = self.qkv(x)

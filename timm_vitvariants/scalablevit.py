@@ -26,7 +26,7 @@ Differences from vit-pytorch:
   * ``in_chans``, real stochastic depth (``drop_path_rate``, one rate per attention sub-block),
     separate ``attn_drop_rate``/``proj_drop_rate`` (the reference's single ``dropout``), ``drop_rate``
     before the classifier; bad inputs raise ``ValueError``/``TypeError`` naming the valid sizes.
-  * everything runs channels-last (NHWC tokens, ``nn.Linear`` for the 1x1 convs, ``nn.LayerNorm``
+  * everything runs channels-last (NHWC tokens, linears for the 1x1 convs, ``nn.LayerNorm``
     for the channel LayerNorm; the converter reshapes the weights).
 Differences from the paper (and its official code): SSA draws keys and values from one full
 kernel = stride = r conv (the official one: a depthwise r x r conv, a 1x1 conv, LayerNorm + GELU,

@@ -48,7 +48,9 @@ from timm.models._manipulate import adapt_input_conv
 from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_positive, per_stage
 from .convert import copy_channel_norm, copy_conv1x1, copy_conv_mlp, register_converter
-from .layers import ImageCheck, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention, pad_image_to_multiple
+from .layers import (
+    ImageCheck, Linear, PosConv, PreNormBlock, ReducedKVAttention, WindowAttention, pad_image_to_multiple,
+)
 
 __all__ = ['TwinsSVT']
 
@@ -64,7 +66,7 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         patch_chs = in_chs * patch_size * patch_size
         self.norm_in = nn.LayerNorm(patch_chs, **dd)
-        self.proj = nn.Linear(patch_chs, out_chs, **dd)
+        self.proj = Linear(patch_chs, out_chs, **dd)
         self.norm_out = nn.LayerNorm(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
