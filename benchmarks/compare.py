@@ -86,8 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     tune_malloc()
     torch.manual_seed(0)
     device = torch.device('cpu')
-    peak, peak_n = matmul_peak(device, torch.float32)
-    probe = PeakProbe.lasting(0.2, peak_n, peak, device, torch.float32)
+    peak, peak_n, peak_kernel = matmul_peak(device, torch.float32)
+    probe = PeakProbe.lasting(0.2, peak_n, peak, device, torch.float32, peak_kernel)
     kinds = ['infer'] if args.no_train else ['infer', 'train']
     print(f'fp32 matmul peak {peak:.0f} GFLOP/s; batch {args.batch_size}, {args.rounds} rounds, '
           f'{torch.get_num_threads()} threads; today vs {args.rev}')

@@ -338,11 +338,14 @@ def render(results: Optional[List[dict]] = None) -> str:
         peak_dtype = 'bf16' if 'bf16' in meta['dtype'] else 'fp32'
         how = ('the median of a square multiply timed in every round, each round\'s fraction against its own'
                if 'matmul_peak_size' in meta else 'measured in the same run')
+        if meta.get('matmul_peak_kernel'):
+            how = f'{meta["matmul_peak_kernel"]}, the faster GEMM here; {how}'
+
         out.append(
             f'- {meta["device"]}: {_setting(meta)}, {peak_dtype} matmul peak {meta["matmul_peak_gflops"]:.0f} GFLOP/s '
             f'({how}); torch {meta["torch"]}, timm {meta["timm"]}, {meta["date"]}'
             + (f', commit {meta["commit"]}.' if meta.get('commit') else '.')
-            + (' Figures over 100% of that peak: some kernels here run faster than the torch.mm probe.'
+            + (' Figures over 100% of that peak: some kernels here run faster than the probe.'
                if any((r.get('peak_fraction') or 0) > 1 for r in result['rows']) else ''))
     if not results:
         out.append('- none committed yet.')

@@ -5,8 +5,9 @@ its contenders interleaved (A, B, A, B, ...) and reports medians. Measures, per 
   * params, GMACs at the default size (torch.utils.flop_counter, as the variant table);
   * inference images/s and train-step images/s at a fixed batch and size;
   * achieved GFLOP/s in inference as a fraction of the machine's fp32 matrix-multiply peak, which
-    the script measures itself: a sweep of square sizes picks the fastest, then that multiply runs
-    once in every timed round, so each round's fraction divides by the peak of the same moment;
+    the script measures itself: a sweep of square sizes and GEMM kernels (torch.mm, and oneDNN's on a
+    CPU) picks the fastest, then that multiply runs once in every timed round, so each round's fraction
+    divides by the peak of the same moment;
   * where the time goes: one profiled inference step and one profiled train step per contender
     (torch.profiler), split into matrix-multiply/convolution/attention kernels and everything else;
     a model whose kernels all stay gives at most 1 / (its kernel share) to a rewrite that removes
@@ -50,6 +51,7 @@ from torch import nn
 
 import timm
 import timm_vitvariants
+from timm_vitvariants import layers
 from timm_vitvariants.info import count_gmacs, list_variants
 
 from .references import TIMM_COUNTERPARTS, is_exact_reference, vit_pytorch_reference
@@ -115,40 +117,58 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], '')  # a @ b^T: the same FLOPs
+
+
+def gemm_kernels(device: torch.device, dtype: torch.dtype) -> Dict[str, Callable]:
+    """The GEMMs the peak is the best of: torch.mm, and on a CPU oneDNN's (what the models' linears and
+    convs may run on: MKL's sgemm, behind torch.mm there, can be the slower of the two, see layers.onednn_gemm)."""
+    kernels = {'torch.mm': torch.mm}
+    if device.type == 'cpu' and dtype == torch.float32 and layers._ONEDNN_FUSION:
+        kernels['oneDNN'] = _onednn_mm
+    return kernels
+
+
 def matmul_peak(
         device: torch.device, dtype: torch.dtype, repeats: int = 5, sizes: Optional[Tuple[int, ...]] = None,
-) -> Tuple[float, int]:
-    """(best median GFLOP/s, its size) over square matrix multiplies of ``sizes`` (default 1024 to 4096, and
-    8192 on a GPU): the achievable peak for this dtype."""
-    best, best_n = 0., 0
+) -> Tuple[float, int, str]:
+    """(best median GFLOP/s, its size, its kernel) over square matrix multiplies of ``sizes`` (default 1024
+    to 4096, and 8192 on a GPU) and the :func:`gemm_kernels`: the achievable peak for this dtype."""
+    best, best_n, best_kernel = 0., 0, ''
     for n in sizes or (1024, 2048, 3072, 4096) + ((8192,) if device.type == 'cuda' else ()):
-        probe = PeakProbe(n, device, dtype)
-        probe()  # warm-up
-        gflops = probe.flops / statistics.median(timed(probe, device) for _ in range(repeats)) / 1e9
-        if gflops > best:
-            best, best_n = gflops, n
-    return best, best_n
+        for kernel in gemm_kernels(device, dtype):
+            probe = PeakProbe(n, device, dtype, kernel=kernel)
+            probe()  # warm-up
+            gflops = probe.flops / statistics.median(timed(probe, device) for _ in range(repeats)) / 1e9
+            if gflops > best:
+                best, best_n, best_kernel = gflops, n, kernel
+    return best, best_n, best_kernel
 
 
 class PeakProbe:
-    """``multiplies`` n x n x n matrix multiplies, re-timed in every round next to the models."""
+    """``multiplies`` n x n x n matrix multiplies by ``kernel`` (see :func:`gemm_kernels`), re-timed in every
+    round next to the models."""
 
-    def __init__(self, n: int, device: torch.device, dtype: torch.dtype, multiplies: int = 1):
+    def __init__(self, n: int, device: torch.device, dtype: torch.dtype, multiplies: int = 1,
+                 kernel: str = 'torch.mm'):
         self.a = torch.randn(n, n, device=device, dtype=dtype)
         self.b = torch.randn(n, n, device=device, dtype=dtype)
-        self.n, self.multiplies = n, multiplies
+        self.n, self.multiplies, self.kernel = n, multiplies, kernel
+        self.multiply = gemm_kernels(torch.device(device), dtype)[kernel]
         self.flops = 2 * n ** 3 * multiplies
         self.gflops: List[float] = []  # one figure per timed round, over the whole run
 
     def __call__(self) -> None:
         for _ in range(self.multiplies):
-            self.a @ self.b
+            self.multiply(self.a, self.b)
 
     @classmethod
-    def lasting(cls, seconds: float, n: int, gflops: float, device: torch.device, dtype: torch.dtype) -> 'PeakProbe':
+    def lasting(cls, seconds: float, n: int, gflops: float, device: torch.device, dtype: torch.dtype,
+                kernel: str = 'torch.mm') -> 'PeakProbe':
         """A probe of at least one multiply and about ``seconds`` at ``gflops``: long enough that one
         hiccup does not decide a round (the peak size itself may take longer)."""
-        return cls(n, device, dtype, multiplies=max(1, round(seconds * gflops * 1e9 / (2 * n ** 3))))
+        return cls(n, device, dtype, multiplies=max(1, round(seconds * gflops * 1e9 / (2 * n ** 3))), kernel=kernel)
 
 
 def timed(step: Callable[[], None], device: torch.device) -> float:
@@ -572,8 +592,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     peak_dtype = amp_dtype or torch.float32
     # --quick: one size instead of the sweep (~15 s on 2 cores); the per-round probe gives the figure either way
     sweep = dict(repeats=3, sizes=(2048,)) if args.quick else {}
-    sweep_peak, peak_size = matmul_peak(device, peak_dtype, **sweep)
-    probe = PeakProbe.lasting(0.2, peak_size, sweep_peak, device, peak_dtype)
+    sweep_peak, peak_size, peak_kernel = matmul_peak(device, peak_dtype, **sweep)
+    probe = PeakProbe.lasting(0.2, peak_size, sweep_peak, device, peak_dtype, peak_kernel)
     # Memory first, while this process is still small: the probes' peak RSS is only trustworthy while the
     # machine has memory to spare (with this process grown by the timed models, a fresh probe of a
     # checkpointed step measured the un-checkpointed figure: pages reclaimed between 'before' and the peak).
@@ -596,7 +616,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dtype='bf16-autocast' if amp_dtype else 'fp32', channels_last=args.channels_last, compile=args.compile,
         batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats, malloc_tuned=malloc_tuned,
         memory_batch_size=args.memory_batch_size, matmul_peak_gflops=peak, matmul_peak_size=peak_size,
-        matmul_peak_sweep_gflops=sweep_peak, warmup=args.warmup, quick=args.quick, date=time.strftime('%Y-%m-%d'))
+        matmul_peak_kernel=peak_kernel, matmul_peak_sweep_gflops=sweep_peak, warmup=args.warmup, quick=args.quick, date=time.strftime('%Y-%m-%d'))
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix('.json'), 'w') as f:
         json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
@@ -605,8 +625,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
 
-    print(f'{meta["device"]}: {peak_dtype} matmul peak {peak:.0f} GFLOP/s ({peak_size}^3, median of its rounds), '
-          f'batch {args.batch_size}, {args.img_size}px, median of {args.repeats} interleaved rounds')
+    print(f'{meta["device"]}: {peak_dtype} matmul peak {peak:.0f} GFLOP/s ({peak_kernel}, {peak_size}^3, '
+          f'median of its rounds), batch {args.batch_size}, {args.img_size}px, median of {args.repeats} interleaved rounds')
     print_table(rows)
     for line in time_budget_lines(rows):
         print(line)

@@ -62,8 +62,8 @@ def test_peak_probe_lasts_about_as_asked():
 
 
 def test_matmul_peak_sweeps_the_sizes_asked_and_warm_up_rounds_skip_the_probe():
-    gflops, size = run.matmul_peak(torch.device('cpu'), torch.float32, repeats=1, sizes=(32, 64))
-    assert size in (32, 64) and gflops > 0
+    gflops, size, kernel = run.matmul_peak(torch.device('cpu'), torch.float32, repeats=1, sizes=(32, 64))
+    assert size in (32, 64) and gflops > 0 and kernel in run.gemm_kernels(torch.device('cpu'), torch.float32)
     calls = []
 
     class CountingProbe(run.PeakProbe):
