@@ -616,7 +616,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         dtype='bf16-autocast' if amp_dtype else 'fp32', channels_last=args.channels_last, compile=args.compile,
         batch_size=args.batch_size, img_size=args.img_size, repeats=args.repeats, malloc_tuned=malloc_tuned,
         memory_batch_size=args.memory_batch_size, matmul_peak_gflops=peak, matmul_peak_size=peak_size,
-        matmul_peak_kernel=peak_kernel, matmul_peak_sweep_gflops=sweep_peak, warmup=args.warmup, quick=args.quick, date=time.strftime('%Y-%m-%d'))
+        matmul_peak_kernel=peak_kernel, matmul_peak_sweep_gflops=sweep_peak, warmup=args.warmup, quick=args.quick,
+        date=time.strftime('%Y-%m-%d'))
     stem.parent.mkdir(parents=True, exist_ok=True)
     with open(stem.with_suffix('.json'), 'w') as f:
         json.dump(dict(meta=meta, rows=[asdict(r) for r in rows]), f, indent=1)
@@ -626,7 +627,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         writer.writerows(asdict(r) for r in rows)
 
     print(f'{meta["device"]}: {peak_dtype} matmul peak {peak:.0f} GFLOP/s ({peak_kernel}, {peak_size}^3, '
-          f'median of its rounds), batch {args.batch_size}, {args.img_size}px, median of {args.repeats} interleaved rounds')
+          f'median of its rounds), batch {args.batch_size}, {args.img_size}px, '
+          f'median of {args.repeats} interleaved rounds')
     print_table(rows)
     for line in time_budget_lines(rows):
         print(line)
