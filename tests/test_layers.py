@@ -230,6 +230,17 @@ def test_onednn_linear_second_order_gradients_and_frozen_weights(host_gemm):
     torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(3, 16))
 
 
+def test_onednn_linear_takes_an_empty_batch(host_gemm):
+    """A detector's image with no proposals: zero tokens go through (and back) as with nn.Linear."""
+    set_onednn_gemm(True)
+    linear = Linear(16, 8)
+    x = torch.randn(2, 0, 16, requires_grad=True)
+    y = linear(x)
+    y.sum().backward()
+    assert y.shape == (2, 0, 8) and x.grad.shape == x.shape
+    assert not linear.weight.grad.any() and not linear.bias.grad.any()
+
+
 def test_onednn_linear_is_only_taken_in_eager_fp32(host_gemm):
     """TorchScript, FX, bf16 and autocast get F.linear, with the same state dict as nn.Linear."""
     set_onednn_gemm(True)

@@ -158,8 +158,9 @@ def _linear_mul(
 # --- oneDNN GEMMs where they beat MKL's ---------------------------------------------------------
 # aten runs an fp32 nn.Linear on x86 through MKL's sgemm. On a 2-core AVX-512 AMD EPYC that ran at 0.6x
 # oneDNN's GEMM (6272 x 384 -> 1536: 135 vs 218 GFLOP/s forward, 177 vs 403 for the input gradient),
-# while on a 2-core AVX2 AMD EPYC oneDNN's ran at 0.95x MKL's. So the linears here take oneDNN's GEMM
-# by default on AMD CPUs with AVX-512 only; Intel CPUs (not measured against it) keep MKL.
+# while on a 2-core AVX2 AMD EPYC oneDNN's ran at 0.95x MKL's, and on a 2-core AVX-512 Intel Xeon at
+# 0.92x forward, 0.78x input gradient (230 vs 250, 263 vs 337 GFLOP/s). So the linears here take oneDNN's
+# GEMM by default on AMD CPUs with AVX-512 only.
 # TIMM_VITVARIANTS_ONEDNN_GEMM=1 / 0 in the environment, or set_onednn_gemm(), overrides the choice.
 
 def _cpu_vendor() -> str:
@@ -203,7 +204,7 @@ def onednn_gemm(x: torch.Tensor) -> bool:
 
 @torch.jit.unused
 def _onednn_gemm_eager(x: torch.Tensor) -> bool:
-    return _ONEDNN_GEMM and _eager_fp32_cpu(x)
+    return _ONEDNN_GEMM and _eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
 
 
 def _as_nhwc_map(x: torch.Tensor) -> torch.Tensor:
