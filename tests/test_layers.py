@@ -261,14 +261,37 @@ def test_onednn_linear_is_only_taken_in_eager_fp32(host_gemm):
 def test_onednn_gemm_host_default_and_environment_override(host_gemm, monkeypatch):
     amd_avx512 = (torch.backends.cpu.get_cpu_capability().startswith('AVX512')
                   and layers._cpu_vendor() == 'AuthenticAMD')
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
     set_onednn_gemm(None)
     assert layers._ONEDNN_GEMM == (amd_avx512 and torch.backends.mkldnn.is_available())
+    assert layers._ONEDNN_NARROW == (avx512 and torch.backends.mkldnn.is_available())
     monkeypatch.setenv('TIMM_VITVARIANTS_ONEDNN_GEMM', '0')
     set_onednn_gemm(None)
     assert not onednn_gemm(torch.randn(2, 3))
     monkeypatch.setenv('TIMM_VITVARIANTS_ONEDNN_GEMM', '1')
     set_onednn_gemm(None)
     assert onednn_gemm(torch.randn(2, 3)) == torch.backends.mkldnn.is_available()
+
+
+def test_narrow_linears_take_onednn_in_inference_only(host_gemm, monkeypatch):
+    """Where only the narrow GEMMs prefer oneDNN (AVX-512 Intel): a layer with <= 96 features on a side takes
+    it in inference, with nn.Linear's numbers; wider layers, gradients and set_onednn_gemm(False) keep F.linear."""
+    monkeypatch.setattr(layers, '_ONEDNN_GEMM', False)
+    monkeypatch.setattr(layers, '_ONEDNN_NARROW', True)
+    torch.manual_seed(0)
+    narrow_in, narrow_out, wide = Linear(64, 192), Linear(256, 96), Linear(128, 512)
+    assert narrow_in.narrow and narrow_out.narrow and not wide.narrow
+    for linear in (narrow_in, narrow_out, wide):
+        x = torch.randn(2, 7, 5, linear.in_features)
+        with torch.no_grad():
+            expected = F.linear(x, linear.weight, linear.bias)
+            assert bool(onednn_fused_ops(lambda: linear(x))) == linear.narrow
+            torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-5)
+            assert linear(x[:, :0]).shape == (2, 0, 5, linear.out_features)  # an empty batch: F.linear
+        assert not onednn_fused_ops(lambda: linear_and_grads(linear, x))  # training: aten's GEMM
+    set_onednn_gemm(False)
+    with torch.no_grad():
+        assert not onednn_fused_ops(lambda: narrow_in(torch.randn(3, 64)))
 
 
 def test_mlps_share_timm_s_linear_parameters():

@@ -161,7 +161,10 @@ def _linear_mul(
 # while on a 2-core AVX2 AMD EPYC oneDNN's ran at 0.95x MKL's, and on a 2-core AVX-512 Intel Xeon at
 # 0.92x forward, 0.78x input gradient (230 vs 250, 263 vs 337 GFLOP/s). So the linears here take oneDNN's
 # GEMM by default on AMD CPUs with AVX-512 only.
-# TIMM_VITVARIANTS_ONEDNN_GEMM=1 / 0 in the environment, or set_onednn_gemm(), overrides the choice.
+# In inference the narrow linears take oneDNN's GEMM on every AVX-512 host: on the Intel Xeon it beats MKL's
+# where the layer has 96 features or fewer on one side (25600 x 64 -> 192: 344 vs 281 GFLOP/s; 25600 x 256 ->
+# 64: 392 vs 321) and ties or loses from 128 up (1600 x 256 -> 1024: 0.93x).
+# TIMM_VITVARIANTS_ONEDNN_GEMM=1 / 0 in the environment, or set_onednn_gemm(), overrides both choices.
 
 def _cpu_vendor() -> str:
     try:
@@ -174,23 +177,28 @@ def _cpu_vendor() -> str:
     return ''
 
 
-def _host_prefers_onednn_gemm() -> bool:
+NARROW_LINEAR_MAX_FEATURES = 96
+
+
+def _host_onednn_gemm() -> Tuple[bool, bool]:
+    """(every linear on oneDNN, narrow linears on oneDNN in inference): this host's default."""
     setting = os.environ.get('TIMM_VITVARIANTS_ONEDNN_GEMM', '').strip().lower()
     if setting in ('0', '1', 'false', 'true'):
-        return setting in ('1', 'true')
-    capability = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '')()
-    return capability.startswith('AVX512') and _cpu_vendor() == 'AuthenticAMD'
+        return (setting in ('1', 'true'),) * 2
+    avx512 = getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '')().startswith('AVX512')
+    return avx512 and _cpu_vendor() == 'AuthenticAMD', avx512
 
 
-_ONEDNN_GEMM = _ONEDNN_FUSION and _host_prefers_onednn_gemm()
+_ONEDNN_GEMM, _ONEDNN_NARROW = (_ONEDNN_FUSION and on for on in _host_onednn_gemm())
 
 
 def set_onednn_gemm(enabled: Optional[bool] = None) -> None:
     """Run the linears' GEMMs through oneDNN (``True``), through aten's default (``False``), or as this
-    host's default (``None``: oneDNN on AVX-512 AMD CPUs). Outputs agree either way to rounding."""
-    global _ONEDNN_GEMM
-    enabled = _host_prefers_onednn_gemm() if enabled is None else enabled
-    _ONEDNN_GEMM = bool(enabled) and _ONEDNN_FUSION
+    host's default (``None``: every linear on AVX-512 AMD CPUs, the narrow ones in inference on any AVX-512
+    CPU). Outputs agree either way to rounding."""
+    global _ONEDNN_GEMM, _ONEDNN_NARROW
+    choice = _host_onednn_gemm() if enabled is None else (bool(enabled),) * 2
+    _ONEDNN_GEMM, _ONEDNN_NARROW = (_ONEDNN_FUSION and on for on in choice)
 
 
 def onednn_gemm(x: torch.Tensor) -> bool:
@@ -246,11 +254,22 @@ class _OneDnnLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+@torch.jit.unused
+def _onednn_narrow_gemm(x: torch.Tensor) -> bool:
+    return _ONEDNN_NARROW and onednn_fusable(x) and x.numel() > 0
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and keys) whose GEMMs go through oneDNN where :func:`onednn_gemm`."""
+    """``nn.Linear`` (same parameters and keys) whose GEMMs go through oneDNN where :func:`onednn_gemm`,
+    and in inference where the layer is narrow and the host's narrow GEMMs are faster on oneDNN."""
+    narrow: torch.jit.Final[bool]
+
+    def __init__(self, in_features: int, out_features: int, *args, **kwargs):
+        super().__init__(in_features, out_features, *args, **kwargs)
+        self.narrow = min(in_features, out_features) <= NARROW_LINEAR_MAX_FEATURES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if onednn_gemm(x):
+        if not torch.jit.is_scripting() and (onednn_gemm(x) or (self.narrow and _onednn_narrow_gemm(x))):
             return self._onednn_forward(x)
         return F.linear(x, self.weight, self.bias)
 
