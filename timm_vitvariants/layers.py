@@ -159,8 +159,8 @@ def _linear_mul(
 # aten runs an fp32 nn.Linear on x86 through MKL's sgemm. On a 2-core AVX-512 AMD EPYC that ran at 0.6x
 # oneDNN's GEMM (6272 x 384 -> 1536: 135 vs 218 GFLOP/s forward, 177 vs 403 for the input gradient),
 # while on a 2-core AVX2 AMD EPYC oneDNN's ran at 0.95x MKL's, and on a 2-core AVX-512 Intel Xeon at
-# 0.92x forward, 0.78x input gradient (230 vs 250, 263 vs 337 GFLOP/s). So the linears here take oneDNN's
-# GEMM by default on AMD CPUs with AVX-512 only.
+# 0.92x forward, 0.78x input gradient (230 vs 250, 263 vs 337 GFLOP/s). So every linear here takes oneDNN's
+# GEMM by default on AMD CPUs with AVX-512.
 # In inference the narrow linears take oneDNN's GEMM on every AVX-512 host: on the Intel Xeon it beats MKL's
 # where the layer has 96 features or fewer on one side (25600 x 64 -> 192: 344 vs 281 GFLOP/s; 25600 x 256 ->
 # 64: 392 vs 321) and ties or loses from 128 up (1600 x 256 -> 1024: 0.93x).
