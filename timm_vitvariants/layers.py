@@ -255,8 +255,10 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 @torch.jit.unused
-def _onednn_narrow_gemm(x: torch.Tensor) -> bool:
-    return _ONEDNN_NARROW and onednn_fusable(x) and x.numel() > 0
+def _linear_on_onednn(x: torch.Tensor, narrow: bool) -> bool:
+    """Every linear where :func:`onednn_gemm`; a narrow one in inference where the host's narrow GEMMs prefer it."""
+    wanted = _ONEDNN_GEMM or (narrow and _ONEDNN_NARROW and not torch.is_grad_enabled())
+    return wanted and _eager_fp32_cpu(x) and x.numel() > 0
 
 
 class Linear(nn.Linear):
@@ -269,7 +271,7 @@ class Linear(nn.Linear):
         self.narrow = min(in_features, out_features) <= NARROW_LINEAR_MAX_FEATURES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and (onednn_gemm(x) or (self.narrow and _onednn_narrow_gemm(x))):
+        if not torch.jit.is_scripting() and _linear_on_onednn(x, self.narrow):
             return self._onednn_forward(x)
         return F.linear(x, self.weight, self.bias)
 
