@@ -68,6 +68,7 @@ def test_spread_missing_memory_and_time_budget_render(tmp_path):
     assert f'{ref_label} spends 80% of inference and 75% of a train step' in text
     assert 'at most 1.25x / 1.33x' in text and 'commit abc' in text
     assert '96% / 79% of that bound' in text  # 1.2 * 0.8, 1.05 * 0.75
+    assert 'would run at most 1.33x / 1.24x the reference' in text  # 1.2 / 0.9, 1.05 / 0.85: our kernels' bound
 
 
 def test_padded_size_figures_render(tmp_path):
