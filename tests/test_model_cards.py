@@ -71,6 +71,13 @@ def test_spread_missing_memory_and_time_budget_render(tmp_path):
     assert 'would run at most 1.33x / 1.24x the reference' in text  # 1.2 / 0.9, 1.05 / 0.85: our kernels' bound
 
 
+def test_kernel_time_note_only_where_our_kernels_take_longer():
+    """Our kernel time against the reference's, both as fractions of the reference's step: noted from 1.05x up."""
+    mine = dict(infer_kernel_share=0.9, train_kernel_share=0.85, infer_speedup=1.2, train_speedup=1.05)
+    assert model_cards._kernel_time_note(mine, (0.8, 0.85)) == ''  # 0.9 / 1.2 / 0.8 = 0.94, 0.85 / 1.05 / 0.85 = 0.95
+    assert 'take 0.94x / 1.08x the reference' in model_cards._kernel_time_note(mine, (0.8, 0.75))
+
+
 def test_padded_size_figures_render(tmp_path):
     name = list_variants()[0]
     row = dict(model=name, family='x', kind='ours', compared_to='', params_m=1., gmacs=1., infer_img_s=10.,
