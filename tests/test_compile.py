@@ -56,10 +56,9 @@ def compile_and_check(model: torch.nn.Module, x: torch.Tensor, backend: str, tol
     out, grads = forward_backward(model, x, compiled)
     assert max_rel_error(out, expected) < tolerance
     assert grads.keys() == expected_grads.keys() == {n for n, p in model.named_parameters() if p.requires_grad}
-    # gradients that are zero in exact arithmetic (a bias right before a train-mode BatchNorm: ~1e-7 of the
-    # largest) come out as rounding noise, which eager's one-pass squeeze-excite backward rounds differently
-    # from the compiled plain ops; they are measured against 1% of the largest gradient instead of their own size
-    floor = 1e-2 * max(g.abs().max().item() for g in expected_grads.values())
+    # gradients that are zero in exact arithmetic (a bias right before a train-mode BatchNorm) come out as
+    # rounding noise; they are measured against the largest gradient instead of their own size
+    floor = 1e-3 * max(g.abs().max().item() for g in expected_grads.values())
     for name, grad in grads.items():
         expected_grad = expected_grads[name]
         error = (grad - expected_grad).abs().max().item() / max(expected_grad.abs().max().item(), floor)

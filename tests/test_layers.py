@@ -7,9 +7,9 @@ import timm
 
 from timm_vitvariants import layers
 from timm_vitvariants.layers import (
-    GELU, GluMlp, Linear, Mlp, ReducedKVAttention, RelPosBias, SqueezeExcite, WindowAttention, conv_gelu, gelu,
-    grid_partition, grid_reverse, onednn_fusable, onednn_gemm, scaled_dot_attention, set_onednn_gemm,
-    window_partition, window_reverse,
+    GELU, GluMlp, Linear, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, gelu, grid_partition,
+    grid_reverse, onednn_fusable, onednn_gemm, scaled_dot_attention, set_onednn_gemm, window_partition,
+    window_reverse,
 )
 
 
@@ -334,53 +334,3 @@ def test_gelu_on_channels_last_maps_is_bitwise_the_nchw_result_and_keeps_the_lay
     assert torch.equal(GELU()(x_cl), y)
     assert torch.equal(GELU(approximate='tanh')(x_cl), F.gelu(x_cl, approximate='tanh'))
     assert torch.equal(torch.jit.script(GELU())(x_cl), y)
-
-
-def squeeze_excite_pair(bias: bool):
-    torch.manual_seed(0)
-    ours = SqueezeExcite(32, rd_channels=8, bias=bias, act_layer=torch.nn.SiLU)
-    timm_se = timm.layers.SqueezeExcite(32, rd_channels=8, bias=bias, act_layer=torch.nn.SiLU)
-    timm_se.load_state_dict(ours.state_dict())  # same keys
-    return ours, timm_se
-
-
-def se_output_and_grads(se, x, create_graph=False):
-    x = x.detach().requires_grad_()
-    y = se(x)
-    params = [p for p in se.parameters() if p.requires_grad]
-    return y, torch.autograd.grad((y * y).sum(), [x, *params], create_graph=create_graph)
-
-
-@pytest.mark.parametrize('bias', [True, False])
-def test_squeeze_excite_one_pass_backward_matches_timm_s(bias):
-    """Eager fp32 CPU training runs the one-pass input gradient: timm's numbers, the map's layout kept, frozen
-    parameters left alone, second-order gradients exact, TorchScript on timm's forward."""
-    ours, timm_se = squeeze_excite_pair(bias)
-    x = torch.randn(2, 32, 5, 6).contiguous(memory_format=torch.channels_last)
-    y, grads = se_output_and_grads(ours, x)
-    assert type(ours(x.requires_grad_()).grad_fn).__name__ == '_SqueezeExciteFnBackward'
-    y_timm, grads_timm = se_output_and_grads(timm_se, x)
-    assert torch.equal(y, y_timm)
-    assert grads[0].is_contiguous(memory_format=torch.channels_last)
-    for g, g_timm in zip(grads, grads_timm):
-        torch.testing.assert_close(g, g_timm, rtol=1e-5, atol=1e-6)
-    second = [torch.autograd.grad(sum(g.sum() for g in se_output_and_grads(se, x, True)[1]), list(se.parameters()))
-              for se in (ours, timm_se)]
-    for g, g_timm in zip(*second):
-        torch.testing.assert_close(g, g_timm, rtol=1e-4, atol=1e-5)
-    ours.fc1.weight.requires_grad_(False)
-    timm_se.fc1.weight.requires_grad_(False)
-    for g, g_timm in zip(se_output_and_grads(ours, x)[1], se_output_and_grads(timm_se, x)[1]):
-        torch.testing.assert_close(g, g_timm, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.jit.script(ours)(x), y_timm)
-
-
-def test_squeeze_excite_one_pass_backward_only_in_eager_fp32_cpu_training():
-    ours, timm_se = squeeze_excite_pair(True)
-    x = torch.randn(2, 32, 5, 6, requires_grad=True)
-    with torch.no_grad():
-        assert torch.equal(ours(x), timm_se(x))
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert ours(x).grad_fn.name() == timm_se(x).grad_fn.name() == 'MulBackward0'
-    assert ours(x.detach()).grad_fn.name() == 'MulBackward0'  # only parameters to train: autograd's own
-    assert ours.double()(x.double()).grad_fn.name() == 'MulBackward0'

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.layers import DropPath, drop_path, resize_rel_pos_bias_table, trunc_normal_, use_fused_attn
-from timm.layers import GluMlp as TimmGluMlp, Mlp as TimmMlp, SqueezeExcite as TimmSqueezeExcite
+from timm.layers import GluMlp as TimmGluMlp, Mlp as TimmMlp
 from timm.models import named_apply, register_notrace_function, register_notrace_module
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     'window_partition', 'window_reverse', 'grid_partition', 'grid_reverse', 'pad_to_multiple', 'pad_image_to_multiple',
     'window_padding_mask', 'WindowDropPath', 'PreNormBlock',
     'compiling', 'onednn_fusable', 'onednn_gemm', 'set_onednn_gemm', 'Linear', 'gelu', 'GELU', 'conv_gelu', 'Mlp',
-    'GluMlp', 'SqueezeExcite',
+    'GluMlp',
     'ImageCheck', 'nearest_multiples', 'init_weights', 'init_model_weights',
 ]
 
@@ -389,71 +389,6 @@ class GluMlp(TimmGluMlp):
         b_gate, b_value = (None, None) if bias is None else (bias[gate], bias[value])
         x = _linear_mul(x, _linear_gelu(x, weight[gate], b_gate), weight[value], b_value)
         return self.fc2(self.norm(x))  # dropout is off in eval
-
-
-# --- squeeze-excite with a one-pass input gradient (eager CPU training) ------------------------
-
-@torch.jit.unused
-def _eager_fp32_cpu_training(x: torch.Tensor) -> bool:
-    """A plain fp32 CPU tensor that autograd records, outside TorchScript, tracing, FX, export, compile,
-    torch.func and autocast."""
-    return (not compiling() and not torch.jit.is_tracing() and not _functorch() and type(x) is torch.Tensor
-            and x.dtype == torch.float32 and x.device.type == 'cpu' and torch.is_grad_enabled()
-            and x.requires_grad and not _cpu_autocast())
-
-
-class _SqueezeExciteFn(torch.autograd.Function):
-    """x * gate(mean_hw(x)) whose input gradient is one pass over x: grad * gate + d_mean / (H * W), where
-    autograd's own backward writes the mean's broadcast gradient as a full map and then adds it to the
-    product's (two more passes over the block's widest activation). The small gate network keeps its
-    autograd graph, built in forward on the pooled (B, C, 1, 1) map and differentiated in backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, se: 'SqueezeExcite', *params: torch.Tensor) -> torch.Tensor:
-        pooled = x.mean((2, 3), keepdim=True).requires_grad_()  # (B, C, 1, 1): the gate graph's own leaf
-        with torch.enable_grad():
-            gate = se.gate_of(pooled)  # (B, C, 1, 1)
-        ctx.save_for_backward(x)
-        ctx.se, ctx.gate_graph = se, (pooled, gate)
-        return x * gate.detach()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, = ctx.saved_tensors
-        se, (pooled, gate) = ctx.se, ctx.gate_graph
-        params = [p for p in se.parameters() if p.requires_grad]
-        if torch.is_grad_enabled():  # create_graph: autograd's backward of the plain forward (exact higher orders)
-            with torch.enable_grad():
-                out = x * se.gate_of(x.mean((2, 3), keepdim=True))
-            grad_x, *grad_params = torch.autograd.grad(out, [x, *params], grad, create_graph=True)
-        else:
-            grad_gate = (grad * x).sum((2, 3), keepdim=True)  # (B, C, 1, 1)
-            grad_pooled, *grad_params = torch.autograd.grad(gate, [pooled, *params], grad_gate)
-            grad_x = torch.addcmul(grad_pooled / (x.shape[2] * x.shape[3]), grad, gate.detach())
-        by_param = iter(grad_params)
-        return (grad_x, None, *[next(by_param) if p.requires_grad else None for p in se.parameters()])
-
-
-class SqueezeExcite(TimmSqueezeExcite):
-    """timm's SqueezeExcite (same parameters and keys) whose input gradient takes one pass over the map in
-    eager fp32 CPU training (:class:`_SqueezeExciteFn`; 8x384x56x56 forward + backward 27.5 -> 17.6 ms on a
-    2-core Intel Xeon). Same numbers as timm's to rounding; everywhere else timm's forward runs."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and not self.add_maxpool and _eager_fp32_cpu_training(x):
-            return self._one_pass_forward(x)
-        pooled = x.mean((2, 3), keepdim=True)  # timm's forward (TorchScript cannot call super())
-        if self.add_maxpool:
-            pooled = 0.5 * pooled + 0.5 * x.amax((2, 3), keepdim=True)
-        return x * self.gate_of(pooled)
-
-    @torch.jit.unused
-    def _one_pass_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _SqueezeExciteFn.apply(x, self, *self.parameters())
-
-    def gate_of(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The per-channel gate of a pooled (B, C, 1, 1) map."""
-        return self.gate(self.fc2(self.act(self.bn(self.fc1(pooled)))))
 
 
 # --- relative position bias -------------------------------------------------------------------

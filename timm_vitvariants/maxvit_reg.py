@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm
-from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead
+from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SqueezeExcite
 from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
 from timm.models import checkpoint, generate_default_cfgs, register_notrace_function, register_notrace_module
 
@@ -43,8 +43,8 @@ from ._factory import base_cfg, build_variant, register_variant
 from .base import StageModel, check_common_args, check_positive, stage_widths, windows_for_size
 from .convert import copy_linear_mlp, copy_norm_linear_head, register_converter
 from .layers import (
-    HeadsAttention, ImageCheck, Linear, Mlp, RelPosBias, SqueezeExcite, WindowDropPath, conv_gelu, gelu, grid_partition,
-    grid_reverse, pad_to_multiple, resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
+    HeadsAttention, ImageCheck, Linear, Mlp, RelPosBias, WindowDropPath, conv_gelu, gelu, grid_partition, grid_reverse,
+    pad_to_multiple, resample_rel_pos_tables, window_padding_mask, window_partition, window_reverse,
 )
 
 __all__ = ['MaxViTReg']
