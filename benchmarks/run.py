@@ -69,17 +69,20 @@ def tune_malloc() -> bool:
 
     Without it every activation above 128 KiB is a fresh mmap whose pages fault in on first touch;
     on small VMs that makes large element-wise ops several times slower than their arithmetic
-    (the same reason Intel recommends jemalloc/tcmalloc for PyTorch on CPU). It applies equally to
-    every contender; ``--no-malloc-tuning`` turns it off. Returns whether it was applied.
+    (the same reason Intel recommends jemalloc/tcmalloc for PyTorch on CPU). One arena for every thread:
+    a worker thread's own arena maps and unmaps its large blocks whatever the thresholds (vit-pytorch's
+    MaxViT small took 37.6k page faults per train step that way, 3.30 s a step against 3.06 s with one
+    arena; ours 3.6k). It applies equally to every contender, called before any worker thread allocates;
+    ``--no-malloc-tuning`` turns it off. Returns whether it was applied.
     """
     try:
         libc = ctypes.CDLL('libc.so.6')
     except OSError:
         return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
     return all([
         libc.mallopt(M_MMAP_THRESHOLD, 1 << 30), libc.mallopt(M_TRIM_THRESHOLD, 1 << 30),
-        libc.mallopt(M_TOP_PAD, 256 << 20)])
+        libc.mallopt(M_TOP_PAD, 256 << 20), libc.mallopt(M_ARENA_MAX, 1)])
 
 
 def source_commit() -> Optional[str]:
