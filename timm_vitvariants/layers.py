@@ -207,12 +207,7 @@ def onednn_gemm(x: torch.Tensor) -> bool:
     allowed (:class:`Linear` has a backward for it)."""
     if torch.jit.is_scripting():
         return False
-    return _onednn_gemm_eager(x)
-
-
-@torch.jit.unused
-def _onednn_gemm_eager(x: torch.Tensor) -> bool:
-    return _ONEDNN_GEMM and _eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
+    return _linear_on_onednn(x, narrow=False)
 
 
 def _as_nhwc_map(x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +253,7 @@ class _OneDnnLinear(torch.autograd.Function):
 def _linear_on_onednn(x: torch.Tensor, narrow: bool) -> bool:
     """Every linear where :func:`onednn_gemm`; a narrow one in inference where the host's narrow GEMMs prefer it."""
     wanted = _ONEDNN_GEMM or (narrow and _ONEDNN_NARROW and not torch.is_grad_enabled())
-    return wanted and _eager_fp32_cpu(x) and x.numel() > 0
+    return wanted and _eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
 
 
 class Linear(nn.Linear):
