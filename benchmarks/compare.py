@@ -27,7 +27,8 @@ import timm
 import timm_vitvariants
 
 from .references import TIMM_COUNTERPARTS, vit_pytorch_reference
-from .run import Contender, PeakProbe, make_steps, matmul_peak, time_interleaved, tune_malloc
+from .run import Contender, PeakProbe, default_heap_gib, make_steps, matmul_peak, time_interleaved
+from .run import tune_malloc, warm_heap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,7 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--no-train', action='store_true', help='inference only')
     args = parser.parse_args(argv)
-    tune_malloc()
+    if tune_malloc():
+        warm_heap(default_heap_gib())
     torch.manual_seed(0)
     device = torch.device('cpu')
     peak, peak_n, peak_kernel = matmul_peak(device, torch.float32)

@@ -1,6 +1,8 @@
 """The benchmark's own logic: references, ratios, the peak probe, kernel shares, refusing to overwrite."""
 import json
 import os
+import subprocess
+import sys
 from argparse import Namespace
 
 import pytest
@@ -72,6 +74,28 @@ def test_matmul_peak_sweeps_the_sizes_asked_and_warm_up_rounds_skip_the_probe():
 
     run.time_interleaved([], 'infer', 2, torch.device('cpu'), CountingProbe(32, 'cpu', torch.float32), warmup=3)
     assert len(calls) == 2  # timed rounds only
+
+
+def test_warm_heap_leaves_its_pages_mapped_for_the_steps_after_it():
+    """In a fresh process (it turns heap trimming off for good): after warm_heap, a block as large as the
+    warmed heap is allocated and written with no page faults, and without it the same block faults."""
+    probe = (
+        'import ctypes, resource, sys\n'
+        'from benchmarks.run import tune_malloc, warm_heap\n'
+        'assert tune_malloc()\n'
+        'gib = float(sys.argv[1]); warmed = warm_heap(gib)\n'
+        'faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n'
+        'import torch\n'
+        'x = torch.empty(48 << 20, dtype=torch.uint8)\n'  # 48 MiB: on the heap (below the mmap threshold)
+        'before = faults(); x.fill_(1); print(warmed, faults() - before)\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outputs = {}
+    for gib in ('0.25', '0'):
+        done = subprocess.run([sys.executable, '-c', probe, gib], cwd=root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs[gib] = [float(v) for v in done.stdout.split()]
+    assert outputs['0.25'][0] == 0.25 and outputs['0.25'][1] < 100  # a few pages of bookkeeping at most
+    assert outputs['0'][0] == 0. and outputs['0'][1] > 10000  # 48 MiB of fresh pages: 12288 faults
 
 
 def test_kernel_share_separates_matmuls_from_the_rest():
