@@ -261,6 +261,7 @@ def test_onednn_linear_is_only_taken_in_eager_fp32(host_gemm):
 def test_onednn_gemm_host_default_and_environment_override(host_gemm, monkeypatch):
     avx512 = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
     amd_avx512 = avx512 and layers._cpu_vendor() == 'AuthenticAMD'
+    monkeypatch.delenv('TIMM_VITVARIANTS_ONEDNN_GEMM', raising=False)  # the host's own default, whatever the shell sets
     set_onednn_gemm(None)
     assert layers._ONEDNN_GEMM == (amd_avx512 and torch.backends.mkldnn.is_available())
     assert layers._ONEDNN_NARROW == (avx512 and torch.backends.mkldnn.is_available())
