@@ -5,6 +5,7 @@ import torch
 import timm
 import timm_vitvariants
 from timm_vitvariants.info import variant_info
+from timm_vitvariants.layers import window_partition
 from timm_vitvariants.regionvit import RegionViT
 
 from parity import assert_parity, randomize_
@@ -63,6 +64,16 @@ def padded_model(**kwargs) -> RegionViT:
     return tiny(window_size=7, depths=(1, 1, 2, 1), **kwargs).eval()
 
 
+def real_in_windows(size, stride: int, batch_size: int = 2) -> torch.Tensor:
+    """(B * rh * rw, 1 + 49) bools, the blocks' layout at the default window 7: True where a local token is
+    real (not padding), False for the padding and for each window's regional token in front."""
+    real = tuple(ceil_div(s, stride) for s in size)
+    regions = tuple(ceil_div(s, 7 * stride) for s in size)
+    mask = torch.zeros(batch_size, 7 * regions[0], 7 * regions[1], 1, dtype=torch.bool)
+    mask[:, :real[0], :real[1]] = True  # the stage pads at the bottom rows and right columns
+    return torch.nn.functional.pad(window_partition(mask, (7, 7))[..., 0], (1, 0))
+
+
 def test_stages_run_on_the_real_size_padded_to_whole_windows_only():
     model, size = padded_model(), (225, 250)
     seen = {}
@@ -71,14 +82,15 @@ def test_stages_run_on_the_real_size_padded_to_whole_windows_only():
         stage.register_forward_hook(lambda m, args, out, i=i: seen.update({(i, 'out'): out[0].shape[1:3]}))
     model(torch.randn(2, 3, *size))
     for i in range(4):
-        # the stage returns ceil(size / stride) local tokens; its blocks see them padded to whole windows
+        # the stage returns ceil(size / stride) local tokens; its blocks see them padded to whole windows,
+        # each window with its regional token in front: (B * rh * rw, 1 + 7 * 7, C)
         assert seen[i, 'out'] == tuple(ceil_div(s, 4 << i) for s in size)
-        local_tokens, region_tokens, bias = seen[i, 'blocks']
+        tokens, batch_size, bias = seen[i, 'blocks']
         regions = tuple(ceil_div(s, 28 << i) for s in size)
-        assert region_tokens.shape[1:3] == regions and local_tokens.shape[1:3] == tuple(7 * r for r in regions)
+        assert batch_size == 2 and tokens.shape[:2] == (2 * regions[0] * regions[1], 1 + 49)
         assert bias.shape[0] == 2 * regions[0] * regions[1]  # padded keys are masked per window
-    # (padding to a multiple of 224 gave 112x112 local tokens at stage 1)
-    assert seen[0, 'blocks'][0].shape[1:3] == (63, 63)
+    # (padding to a multiple of 224 gave 112x112 local tokens, 16 x 16 windows, at stage 1)
+    assert seen[0, 'blocks'][0].shape[0] == 2 * 9 * 9
 
 
 def test_no_mask_where_the_windows_are_full():
@@ -98,14 +110,15 @@ def test_padded_local_tokens_are_masked():
         logits, features = model(x), model.forward_intermediates(x, intermediates_only=True)
 
     def fill(i, real_only):
-        real = tuple(ceil_div(s, 4 << i) for s in size)
+        real = real_in_windows(size, 4 << i)
+        # the padding, or the real local tokens: never the regional tokens
+        target = (real if real_only else ~real)
+        target[:, 0] = False
 
         def hook(module, args):
-            local_tokens = args[0]
-            padding = torch.ones_like(local_tokens, dtype=torch.bool)
-            padding[:, :real[0], :real[1]] = False  # the bottom rows and right columns
-            noise = 100 * torch.randn_like(local_tokens)
-            return (torch.where(padding != real_only, noise, local_tokens),) + args[1:]
+            tokens = args[0]
+            noise = 100 * torch.randn_like(tokens)
+            return (torch.where(target[..., None], noise, tokens),) + args[1:]
         return hook
 
     handles = [block.register_forward_pre_hook(fill(i, real_only=False))

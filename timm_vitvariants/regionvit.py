@@ -132,7 +132,6 @@ class R2LBlock(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.window_size = window_size
         self.attn = R2LAttention(
             dim, num_heads, head_dim, qkv_bias, attn_drop, proj_drop, norm_eps, separate_local_norm, **dd)
         # IBM's official model: a bias table per block; otherwise the stage's one (vit-pytorch)
@@ -144,21 +143,15 @@ class R2LBlock(nn.Module):
         self.drop_path2 = WindowDropPath(drop_path)  # windows: one draw per image, as the regional branch
         self.drop_path3 = WindowDropPath(drop_path)
 
-    def forward(
-            self, local_tokens: torch.Tensor, region_tokens: torch.Tensor, local_bias: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        B, H, W, C = local_tokens.shape  # local in windows (B, rh * window, rw * window, C), region (B, rh, rw, C)
-        rh, rw = region_tokens.shape[1], region_tokens.shape[2]
-        window = (self.window_size, self.window_size)
-        regions = region_tokens.reshape(B, rh * rw, C)
+    def forward(self, tokens: torch.Tensor, batch_size: int, local_bias: torch.Tensor) -> torch.Tensor:
+        # the stage's window layout, kept across its blocks: (B * rh * rw, 1 + window ** 2, C), window i's
+        # regional token in front of its local tokens, windows of one image consecutive
+        BR, N, C = tokens.shape
+        regions = tokens[:, 0].reshape(batch_size, BR // batch_size, C)  # a view: (B, rh * rw, C)
         regions = regions + self.drop_path1(self.attn(regions))
-        # every window with its regional token in front: (B * rh * rw, 1 + window ** 2, C)
-        tokens = torch.cat((regions.reshape(B * rh * rw, 1, C), window_partition(local_tokens, window)), dim=1)
-        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias, local=True), B)
-        tokens = tokens + self.drop_path3(self.mlp(self.norm(tokens)), B)
-        local_tokens = window_reverse(tokens[:, 1:], window, H, W)  # (B, H, W, C)
-        region_tokens = tokens[:, 0].reshape(B, rh, rw, C)
-        return local_tokens, region_tokens
+        tokens = torch.cat((regions.reshape(BR, 1, C), tokens[:, 1:]), dim=1)
+        tokens = tokens + self.drop_path2(self.attn(tokens, local_bias, local=True), batch_size)
+        return tokens + self.drop_path3(self.mlp(self.norm(tokens)), batch_size)
 
 
 def _square_window(img_size: Optional[Tuple[int, int]], window_size: Optional[int]) -> int:
@@ -320,18 +313,38 @@ class RegionViTStage(nn.Module):
         else:
             biases = [window_key_mask(block.rel_pos(), size, regions, self.window_size, even_split, batch_size)
                       for block in self.blocks]
+        tokens = self._to_windows(local_tokens, region_tokens)
         for i, block in enumerate(self.blocks):
             local_bias = biases[i]
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                local_tokens, region_tokens = checkpoint(block, local_tokens, region_tokens, local_bias)
+                tokens = checkpoint(block, tokens, batch_size, local_bias)
             else:
-                local_tokens, region_tokens = block(local_tokens, region_tokens, local_bias)
+                tokens = block(tokens, batch_size, local_bias)
             if i == 0 and self.pos_conv is not None and self.peg_after_first_block:
                 # on the real local map: its padding is cropped, then re-padded with zeros (as IBM)
-                local_map = from_region_windows(local_tokens, size, regions, self.window_size, even_split)
+                local_map, region_tokens = self._from_windows(tokens, batch_size, regions)
+                local_map = from_region_windows(local_map, size, regions, self.window_size, even_split)
                 local_tokens = to_region_windows(self.pos_conv(local_map), regions, self.window_size, even_split)
-                region_tokens = self.pos_conv(region_tokens)
+                tokens = self._to_windows(local_tokens, self.pos_conv(region_tokens))
+        local_tokens, region_tokens = self._from_windows(tokens, batch_size, regions)
         return from_region_windows(local_tokens, size, regions, self.window_size, even_split), region_tokens
+
+    def _to_windows(self, local_tokens: torch.Tensor, region_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, rh * window, rw * window, C) local, (B, rh, rw, C) regional -> the blocks' layout,
+        (B * rh * rw, 1 + window ** 2, C): each window with its regional token in front."""
+        B, rh, rw, C = region_tokens.shape
+        windows = window_partition(local_tokens, (self.window_size, self.window_size))
+        return torch.cat((region_tokens.reshape(B * rh * rw, 1, C), windows), dim=1)
+
+    def _from_windows(
+            self, tokens: torch.Tensor, batch_size: int, regions: Tuple[int, int],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of :meth:`_to_windows`."""
+        rh, rw = regions
+        C = tokens.shape[-1]
+        window = (self.window_size, self.window_size)
+        local_tokens = window_reverse(tokens[:, 1:], window, rh * self.window_size, rw * self.window_size)
+        return local_tokens, tokens[:, 0].reshape(batch_size, rh, rw, C)
 
 
 class StageSequence(nn.Sequential):
@@ -596,7 +609,7 @@ class RegionViT(StageModel):
         for module in self.modules():
             if isinstance(module, RelPosBias):
                 module.set_window_size((window, window))
-            elif isinstance(module, (R2LBlock, RegionViTStage)):
+            elif isinstance(module, RegionViTStage):
                 module.window_size = window
         self.window_size, self.region_patch = window, LOCAL_STRIDE * window
         self.stem.set_region_patch(self.region_patch)
