@@ -8,8 +8,8 @@ import timm
 from timm_vitvariants import layers
 from timm_vitvariants.layers import (
     GELU, GluMlp, Linear, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, gelu, grid_partition,
-    grid_reverse, onednn_fusable, onednn_gemm, scaled_dot_attention, set_onednn_gemm, window_partition,
-    window_reverse,
+    grid_reverse, onednn_fusable, onednn_gemm, patch_linear, scaled_dot_attention, set_onednn_gemm,
+    window_partition, window_reverse,
 )
 
 
@@ -208,6 +208,30 @@ def test_onednn_linear_forward_and_backward_match_nn_linear(host_gemm, bias):
     set_onednn_gemm(False)
     assert not onednn_gemm(x) and not onednn_fused_ops(lambda: linear_and_grads(linear, x))
     y_ref, grads_ref = linear_and_grads(linear, x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernel, size', [(1, (5, 6)), (2, (6, 4)), (2, (7, 5)), (3, (7, 8))])
+@pytest.mark.parametrize('bias', [True, False])
+@pytest.mark.parametrize('onednn', [True, False])
+def test_patch_linear_is_the_strided_conv(host_gemm, kernel, size, bias, onednn):
+    """A kernel = stride conv as one GEMM over the NHWC map's patches: the conv's outputs and gradients, on
+    either GEMM, the remainder rows and columns dropped as the conv drops them."""
+    torch.manual_seed(0)
+    set_onednn_gemm(onednn)
+    conv = torch.nn.Conv2d(6, 10, kernel, stride=kernel, bias=bias)
+    x = torch.randn(2, *size, 6)
+
+    def outputs_and_grads(fn):
+        x_ = x.detach().requires_grad_()
+        y = fn(x_)
+        return y, torch.autograd.grad((y * y).sum(), [x_, *conv.parameters()])
+
+    y, grads = outputs_and_grads(lambda t: patch_linear(t, conv.weight, conv.bias))
+    y_ref, grads_ref = outputs_and_grads(lambda t: conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    assert y.shape == (2, size[0] // kernel, size[1] // kernel, 10)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-4)
