@@ -9,7 +9,7 @@ import timm
 import timm_vitvariants
 from timm.layers import freeze_batch_norm_2d
 from torchvision.ops.misc import FrozenBatchNorm2d  # what timm freezes BatchNorm2d into
-from timm_vitvariants.maxvit_reg import ConvBn, MaxViTReg
+from timm_vitvariants.maxvit_reg import POINTWISE_GEMM_MAX_PIXELS, ConvBn, MaxViTReg, SqueezeExcite
 
 from parity import assert_parity, randomize_
 
@@ -209,3 +209,55 @@ def test_conv_bn_follows_its_batchnorm_s_mode():
         conv_bn.bn = torch.nn.BatchNorm2d(6, track_running_stats=False)
         conv_bn.eval()
         torch.testing.assert_close(conv_bn(x), F.batch_norm(z, None, None, None, None, True, 0., 1e-5))
+
+
+@pytest.mark.parametrize('size', [7, 14, 28])
+def test_conv_bn_trains_small_maps_through_the_gemm(size):
+    """In training a 1x1 conv over a map of at most POINTWISE_GEMM_MAX_PIXELS runs as the GEMM of its NHWC
+    view (a larger map keeps the conv): the conv's numbers and gradients, the map's channels-last layout kept."""
+    torch.manual_seed(0)
+    conv_bn = ConvBn(8, 12, act=True).train()
+    x = torch.randn(2, 8, size, size).contiguous(memory_format=torch.channels_last)
+
+    def outputs_and_grads(fn):
+        x_ = x.detach().requires_grad_()
+        y = fn(x_)
+        return y, torch.autograd.grad((y * y).sum(), [x_, *conv_bn.parameters()])
+
+    with torch.profiler.profile() as prof:
+        y, grads = outputs_and_grads(conv_bn)
+    ops = {e.key for e in prof.key_averages()}
+    gemm = size * size <= POINTWISE_GEMM_MAX_PIXELS
+    assert ('aten::convolution' not in ops) == gemm and ('aten::linear' in ops) == gemm
+    bn = conv_bn.bn
+    y_ref, grads_ref = outputs_and_grads(lambda t: F.gelu(F.batch_norm(
+        conv_bn.conv(t), None, None, bn.weight, bn.bias, True, 0., bn.eps)))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):  # sums over 2 x 28 x 28 pixels: fp32 rounding
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-3)
+
+
+def test_squeeze_excite_is_timm_s_with_a_gradient_that_stays_a_view():
+    """The squeeze as a sum / (H * W): timm's SqueezeExcite bitwise, forward and input gradient, and
+    the squeeze's gradient reaches the map as a broadcast view, not a full-size quotient."""
+    torch.manual_seed(0)
+    ours = SqueezeExcite(32, rd_channels=8, bias=False, act_layer=torch.nn.SiLU)
+    theirs = timm.layers.SqueezeExcite(32, rd_channels=8, bias=False, act_layer=torch.nn.SiLU)
+    theirs.load_state_dict(ours.state_dict())  # same keys
+    x = torch.randn(2, 32, 7, 9).contiguous(memory_format=torch.channels_last)
+    results = []
+    for se in (ours, theirs):
+        x_ = x.detach().requires_grad_()
+        y = se(x_)
+        results.append((y, *torch.autograd.grad((y * y).sum(), [x_, *se.parameters()])))
+    for mine, timm_s in zip(*results, strict=True):
+        assert torch.equal(mine, timm_s)
+
+    def full_size_quotients(se) -> int:
+        with torch.profiler.profile(record_shapes=True) as prof:
+            se(x.detach().requires_grad_()).sum().backward()
+        return sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+                   if e.key == 'aten::div' and e.input_shapes and e.input_shapes[0] == list(x.shape))
+
+    assert full_size_quotients(theirs) == 1 and full_size_quotients(ours) == 0
