@@ -263,15 +263,17 @@ class MaxViTRegBlock(nn.Module):
         t = torch.cat([self.register_tokens.expand(t.shape[0], -1, -1), t], dim=1)
         t = t + self.drop_path(self.block_attn(self.norm1(t), block_mask), B)
         t = t + self.drop_path(self.block_mlp(self.norm2(t)), B)
-        registers = t[:, :R].reshape(B, -1, R, C).mean(1)  # (B, R, C): averaged over windows
-        x = window_reverse(t[:, R:], window, Hp, Wp)
+        # splits, not slices: a split's gradient is one concatenation, a slice's a zero-filled full-size copy
+        registers, t = t.split([R, t.shape[1] - R], dim=1)
+        registers = registers.reshape(B, -1, R, C).mean(1)  # (B, R, C): averaged over windows
+        x = window_reverse(t, window, Hp, Wp)
 
         # grid attention: dilated groups spanning the map, with the averaged registers
         t = grid_partition(x, window)  # (B * nG, gh * gw, C)
         registers = registers.unsqueeze(1).expand(-1, t.shape[0] // B, -1, -1).reshape(-1, R, C)
         t = torch.cat([registers, t], dim=1)
         t = t + self.drop_path(self.grid_attn(self.norm3(t), grid_mask), B)
-        t = t[:, R:]  # registers are discarded, the MLP sees the map tokens only
+        t = t.split([R, t.shape[1] - R], dim=1)[1]  # registers are discarded, the MLP sees the map tokens only
         t = t + self.drop_path(self.grid_mlp(self.norm4(t)), B)
         x = grid_reverse(t, window, Hp, Wp)[:, :H, :W]
         return x.permute(0, 3, 1, 2)

@@ -147,9 +147,11 @@ class R2LBlock(nn.Module):
         # the stage's window layout, kept across its blocks: (B * rh * rw, 1 + window ** 2, C), window i's
         # regional token in front of its local tokens, windows of one image consecutive
         BR, N, C = tokens.shape
-        regions = tokens[:, 0].reshape(batch_size, BR // batch_size, C)  # a view: (B, rh * rw, C)
+        # one split, not two slices: its gradient is one concatenation, a slice's a zero-filled full-size copy
+        regions, local_tokens = tokens.split([1, N - 1], dim=1)
+        regions = regions.reshape(batch_size, BR // batch_size, C)  # a view: (B, rh * rw, C)
         regions = regions + self.drop_path1(self.attn(regions))
-        tokens = torch.cat((regions.reshape(BR, 1, C), tokens[:, 1:]), dim=1)
+        tokens = torch.cat((regions.reshape(BR, 1, C), local_tokens), dim=1)
         tokens = tokens + self.drop_path2(self.attn(tokens, local_bias, local=True), batch_size)
         return tokens + self.drop_path3(self.mlp(self.norm(tokens)), batch_size)
 
@@ -343,8 +345,9 @@ class RegionViTStage(nn.Module):
         rh, rw = regions
         C = tokens.shape[-1]
         window = (self.window_size, self.window_size)
-        local_tokens = window_reverse(tokens[:, 1:], window, rh * self.window_size, rw * self.window_size)
-        return local_tokens, tokens[:, 0].reshape(batch_size, rh, rw, C)
+        region_tokens, local_tokens = tokens.split([1, tokens.shape[1] - 1], dim=1)
+        local_tokens = window_reverse(local_tokens, window, rh * self.window_size, rw * self.window_size)
+        return local_tokens, region_tokens.reshape(batch_size, rh, rw, C)
 
 
 class StageSequence(nn.Sequential):

@@ -104,7 +104,7 @@ class ConvQuery(nn.Module):
         self.cls_proj = Linear(dim, inner_dim, **dd) if dim != inner_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
-        cls_token, patches = x[:, :1], x[:, 1:]
+        cls_token, patches = x.split([1, x.shape[1] - 1], dim=1)  # its gradient: one concatenation
         B, N, C = patches.shape
         grid = patches.transpose(1, 2).reshape(B, C, grid_size[0], grid_size[1])  # (B, C, H, W)
         patches = self.depthwise(grid).flatten(2).transpose(1, 2)  # (B, H * W, C)
