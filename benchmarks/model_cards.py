@@ -234,6 +234,15 @@ def _own_kernel_bound(mine: dict) -> str:
             f'{bounds[1]:.2f}x the reference.')
 
 
+def _peak_bound(name: str, ours: dict) -> str:
+    """The share of the matmul peak the variant's inference reaches, and what its kernels alone would reach."""
+    peak, share = ours.get('peak_fraction'), ours.get('infer_kernel_share')
+    if not peak or not share:
+        return ''
+    return (f' `{name}` itself runs inference at {100 * peak:.0f}% of the matmul peak; its kernels alone, with all '
+            f'its other time removed, would run at {100 * peak / share:.0f}%.')
+
+
 def time_budget(names: List[str], results: List[dict]) -> List[str]:
     """Per results file with profiles: how much of the vit-pytorch model's time is kernels both sides run."""
     lines = []
@@ -246,13 +255,15 @@ def time_budget(names: List[str], results: List[dict]) -> List[str]:
                 continue
             share = (theirs['infer_kernel_share'], theirs['train_kernel_share'])
             lines.append(
-                f'- {result["meta"]["device"]}: {theirs["model"]} spends {100 * share[0]:.0f}% of inference and {100 * share[1]:.0f}% of a train step in matrix-multiply, '
+                f'- {result["meta"]["device"]}: {theirs["model"]} spends {100 * share[0]:.0f}% of inference and '
+                f'{100 * share[1]:.0f}% of a train step in matrix-multiply, '
                 f'convolution and attention kernels, which an implementation with the same kernels runs as well; '
                 f'removing everything else would give at most {1 / share[0]:.2f}x / {1 / share[1]:.2f}x. Ours spends '
                 f'{100 * mine["infer_kernel_share"]:.0f}% / {100 * mine["train_kernel_share"]:.0f}% there and runs '
                 f'{mine["infer_speedup"]:.2f}x / {mine["train_speedup"]:.2f}x the reference\'s speed: '
                 f'{100 * mine["infer_speedup"] * share[0]:.0f}% / {100 * mine["train_speedup"] * share[1]:.0f}% '
-                f'of that bound.' + _kernel_time_note(mine, share) + _own_kernel_bound(mine))
+                f'of that bound.' + _kernel_time_note(mine, share) + _own_kernel_bound(mine)
+                + _peak_bound(name, ours))
     if lines:
         lines = ['**Where the time goes** (torch.profiler, one step of each kind in the same run):', ''] + lines + ['']
     return lines

@@ -69,6 +69,7 @@ def test_spread_missing_memory_and_time_budget_render(tmp_path):
     assert 'at most 1.25x / 1.33x' in text and 'commit abc' in text
     assert '96% / 79% of that bound' in text  # 1.2 * 0.8, 1.05 * 0.75
     assert 'would run at most 1.33x / 1.24x the reference' in text  # 1.2 / 0.9, 1.05 / 0.85: our kernels' bound
+    assert f'`{name}` itself runs inference at 50% of the matmul peak' in text and 'would run at 56%' in text  # / 0.9
 
 
 def test_kernel_time_note_only_where_our_kernels_take_longer():
