@@ -51,8 +51,8 @@ __all__ = ['MaxViTReg']
 
 
 # In training, 1x1 convs over maps of at most this many pixels run as the GEMM over their NHWC view (2-core
-# Intel Xeon, batch 8, forward + backward: 14x14 1.08x, 7x7 1.3x the conv's speed; even at 28x28, the conv
-# kernel ahead from 56x56 up). Inference keeps the conv, which carries the folded BatchNorm and the GELU.
+# Intel Xeon, batch 8, forward + backward: 7x7 1.3x, 14x14 1.08x the conv's speed; even at 28x28, mixed at 56x56,
+# the conv 1.2x ahead at 112x112). Inference keeps the conv, which carries the folded BatchNorm and the GELU.
 POINTWISE_GEMM_MAX_PIXELS = 196
 
 
@@ -105,7 +105,7 @@ class ConvBn(nn.Module):
 
 class SqueezeExcite(TimmSqueezeExcite):
     """timm's SqueezeExcite (same parameters and keys) that squeezes with a sum over H, W scaled by 1 / (H * W):
-    bitwise ``mean`` (the CPU kernel is that very sum and division), but autograd's gradient of a sum is a
+    bitwise ``mean`` on the CPU (whose kernel is that sum and division), but autograd's gradient of a sum is a
     broadcast view, where mean's is a full-size quotient that is then added into the product's gradient, a
     mixed-layout add on a channels-last map (8x384x56x56 forward + backward: 27.5 -> 15.5 ms)."""
 
