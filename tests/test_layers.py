@@ -174,16 +174,22 @@ def test_fusion_only_in_eager_fp32_inference(host_gemm):
 
 
 def test_wide_mlps_fuse_only_where_the_linears_run_on_onednn(host_gemm):
-    """Where aten's GEMM (MKL's) is the faster one, a wide fc1 keeps it and its GELU runs apart."""
+    """Where aten's GEMM (MKL's) is the faster one, a wide fc1 keeps it and its GELU runs apart, in place
+    over fc1's output: bitwise the plain forward's numbers."""
     mlp = Mlp(512, 2048, act_layer=torch.nn.GELU).eval()
     x = torch.randn(2, 9, 512)
     with torch.no_grad():
         set_onednn_gemm(False)
-        assert not onednn_fused_ops(lambda: mlp(x))
-        plain = mlp(x)
+        ops = ops_run(lambda: mlp(x))
+        assert 'aten::gelu_' in ops and not {op for op in ops if op.startswith('mkldnn::')}
+        in_place = mlp(x)
+        mlp.train()  # timm's forward (no dropout set): the same GEMMs, the GELU into a new buffer
+        assert 'aten::gelu_' not in ops_run(lambda: mlp(x))
+        assert torch.equal(mlp(x), in_place)
+        mlp.eval()
         set_onednn_gemm(True)
         assert onednn_fused_ops(lambda: mlp(x)) == {'mkldnn::_linear_pointwise'}
-        torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mlp(x), in_place, rtol=1e-5, atol=1e-5)
 
 
 def linear_and_grads(linear, x, create_graph=False):

@@ -354,17 +354,19 @@ def _wrap_linears(mlp: nn.Module) -> None:
         mlp.fc1, mlp.fc2 = Linear.wrap(mlp.fc1), Linear.wrap(mlp.fc2)
 
 
-# Where aten's GEMM is MKL's (see onednn_gemm), oneDNN's runs a few % behind it on compute-bound shapes
-# (AVX2 AMD EPYC, 2 cores: 0.95x at 1576 x 384 -> 1536), so there a lone GELU is fused only into narrow
-# layers, where the pass it saves is the larger cost (1.26x at 25088 x 64 -> 256); a GLU gate saves a
-# split and a multiply too, a win at every width measured.
-FUSE_GELU_MAX_IN_FEATURES = 128
+# Where aten's GEMM is MKL's (see onednn_gemm), oneDNN's runs behind it on compute-bound shapes (AVX2 AMD
+# EPYC, 2 cores: 0.95x at 1576 x 384 -> 1536), so there a lone GELU is fused only into narrow layers, where the
+# pass it saves is the larger cost (1.26x at 25088 x 64 -> 256), and a wider fc1 keeps MKL's GEMM and runs its
+# GELU in place over the fresh output (no second buffer). 2-core AVX-512 Intel Xeon, fc1 + GELU, fused / MKL's
+# then GELU / MKL's then GELU in place, ms: 6272 x 128 -> 512 3.36 / 4.10 / 3.68; 6272 x 192 -> 768 8.02 /
+# 9.21 / 8.74; 1568 x 256 -> 1024 3.12 / 3.28 / 3.11; 1600 x 384 -> 1536 7.14 / 7.06 / 6.52.
+FUSE_GELU_MAX_IN_FEATURES = 192
 
 
 class Mlp(TimmMlp):
-    """timm's Mlp (same parameters and state-dict keys) whose fc1 + exact GELU run as one oneDNN op
-    in eager fp32 CPU inference (see :func:`onednn_fusable`) where fc1 is narrow or the host's linears
-    run on oneDNN anyway (:func:`onednn_gemm`)."""
+    """timm's Mlp (same parameters and state-dict keys). With an exact GELU in eager fp32 CPU inference (see
+    :func:`onednn_fusable`), fc1 + GELU run as one oneDNN op where fc1 is narrow or the host's linears run on
+    oneDNN anyway (:func:`onednn_gemm`); elsewhere the GELU runs in place over fc1's output."""
     fuse_gelu: torch.jit.Final[bool]
     narrow: torch.jit.Final[bool]
 
@@ -375,14 +377,16 @@ class Mlp(TimmMlp):
         self.narrow = self.fuse_gelu and self.fc1.in_features <= FUSE_GELU_MAX_IN_FEATURES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fuse_gelu and not self.training and onednn_fusable(x) and (self.narrow or onednn_gemm(x)):
-            return self._fused_forward(x)
+        if self.fuse_gelu and not self.training and onednn_fusable(x):
+            return self._inference_forward(x)
         # timm's forward, spelled out: TorchScript cannot call super()
         return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
     @torch.jit.unused
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.norm(_linear_gelu(x, self.fc1.weight, self.fc1.bias)))  # dropout is off in eval
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:  # dropout is off in eval
+        if self.narrow or onednn_gemm(x):
+            return self.fc2(self.norm(_linear_gelu(x, self.fc1.weight, self.fc1.bias)))
+        return self.fc2(self.norm(torch.ops.aten.gelu_(self.fc1(x))))  # fc1's output is fresh: nobody else reads it
 
 
 class GluMlp(TimmGluMlp):
@@ -398,13 +402,13 @@ class GluMlp(TimmGluMlp):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fuse_gelu and not self.training and onednn_fusable(x):
-            return self._fused_forward(x)
+            return self._inference_forward(x)
         x1, x2 = self.fc1(x).chunk(2, dim=self.chunk_dim)  # timm's forward (TorchScript cannot call super())
         x = x1 * self.act(x2) if self.gate_last else self.act(x1) * x2
         return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
     @torch.jit.unused
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _inference_forward(self, x: torch.Tensor) -> torch.Tensor:
         half = self.fc1.out_features // 2
         gate, value = (slice(half, None), slice(0, half)) if self.gate_last else (slice(0, half), slice(half, None))
         weight, bias = self.fc1.weight, self.fc1.bias
