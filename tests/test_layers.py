@@ -8,7 +8,7 @@ import timm
 from timm_vitvariants import layers
 from timm_vitvariants.layers import (
     GELU, GluMlp, Linear, Mlp, ReducedKVAttention, RelPosBias, WindowAttention, conv_gelu, gelu, grid_partition,
-    grid_reverse, onednn_fusable, onednn_gemm, patch_linear, scaled_dot_attention, set_onednn_gemm,
+    grid_reverse, onednn_fusable, onednn_gemm, pad_to_multiple, patch_linear, scaled_dot_attention, set_onednn_gemm,
     window_partition, window_reverse,
 )
 
@@ -45,6 +45,23 @@ def test_partitions_invert():
     torch.testing.assert_close(windows[1], x[0, :3, 4:].reshape(12, 3))  # second window: top right
     groups = grid_partition(x, (3, 4))
     torch.testing.assert_close(groups[0], x[0, ::2, ::2].reshape(12, 3))  # first group: a dilated grid
+
+
+@pytest.mark.parametrize('size', [(6, 8), (5, 8), (6, 7), (4, 5)])
+def test_pad_to_multiple_is_f_pad(size):
+    """Without a gradient only the margins are zero-filled (the map is copied into an empty buffer); with one,
+    F.pad. Both: F.pad's values on a non-contiguous map, the map itself where nothing pads, a slice as gradient."""
+    x = torch.randn(2, 9, 11, 3).transpose(1, 2)[:, :size[0], :size[1]]  # non-contiguous NHWC
+    expected = F.pad(x, (0, 0, 0, -size[1] % 4, 0, -size[0] % 3))
+    with torch.no_grad():
+        padded = pad_to_multiple(x, (3, 4))
+        assert torch.equal(padded, expected)
+        assert (size[0] % 3 or size[1] % 4) or padded is x
+    x = x.detach().requires_grad_()
+    padded = pad_to_multiple(x, (3, 4))
+    assert torch.equal(padded, expected)
+    (padded * torch.arange(padded.numel()).view_as(padded)).sum().backward()
+    torch.testing.assert_close(x.grad, torch.arange(padded.numel()).view_as(padded)[:, :size[0], :size[1]].float())
 
 
 def test_rel_pos_bias_prefix_slots():
