@@ -209,6 +209,27 @@ def test_wide_mlps_fuse_only_where_the_linears_run_on_onednn(host_gemm):
         torch.testing.assert_close(mlp(x), in_place, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('gate_last', [True, False])
+def test_wide_glu_mlps_run_the_gate_in_place_where_aten_s_gemm_runs(host_gemm, gate_last):
+    """A GluMlp wider than FUSE_GLU_MAX_IN_FEATURES: MKL's GEMMs with the GELU and the product in place where
+    aten's GEMM is MKL's, both halves fused on oneDNN where the host's linears run there; the plain forward's
+    numbers either way."""
+    torch.manual_seed(0)
+    mlp = GluMlp(512, 1024, act_layer=torch.nn.GELU, gate_last=gate_last).eval()
+    assert not mlp.narrow and GluMlp(384, 1024, act_layer=torch.nn.GELU).narrow
+    x = torch.randn(2, 9, 512)
+    with torch.no_grad():
+        plain = mlp.train()(x)  # timm's forward (no dropout set)
+        mlp.eval()
+        set_onednn_gemm(False)
+        ops = ops_run(lambda: mlp(x))
+        assert {'aten::gelu_', 'aten::mul_'} <= ops and not {op for op in ops if op.startswith('mkldnn::')}
+        torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)
+        set_onednn_gemm(True)
+        assert onednn_fused_ops(lambda: mlp(x)) == {'mkldnn::_linear_pointwise'}
+        torch.testing.assert_close(mlp(x), plain, rtol=1e-5, atol=1e-5)
+
+
 def linear_and_grads(linear, x, create_graph=False):
     x = x.detach().requires_grad_()
     y = linear(x)
