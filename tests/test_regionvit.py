@@ -135,6 +135,18 @@ def test_padded_local_tokens_are_masked():
         assert not torch.allclose(model(x), logits)
 
 
+@pytest.mark.parametrize('three_convs', [True, False])
+def test_tokenizers_run_channels_last_and_hand_out_nhwc_tokens_without_a_copy(three_convs):
+    """The stem convs run on a channels-last image, so the NHWC tokens are the convs' own memory."""
+    stem = tiny(tokenize_local_3_conv=three_convs).stem.eval()
+    image = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        local_tokens, region_tokens = stem(image)
+        assert local_tokens.is_contiguous() and region_tokens.is_contiguous()
+        torch.testing.assert_close(region_tokens, stem.region(image).permute(0, 2, 3, 1))
+        torch.testing.assert_close(local_tokens, stem.local(image).permute(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
 def test_explicit_zero_padding_is_not_the_same():
     """Zeros padded by the caller are image content; the model's own padding stays masked."""
     model = padded_model()

@@ -392,7 +392,9 @@ class Tokenizers(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         height, width = x.shape[-2], x.shape[-1]
-        x = pad_image_to_multiple(x, self.region_patch)
+        # channels-last: the convs run faster on it, the stem's LayerNorms then see contiguous NHWC views, and the
+        # tokens come out NHWC without a copy
+        x = pad_image_to_multiple(x, self.region_patch).contiguous(memory_format=torch.channels_last)
         # local tokens that only see padding are dropped (stages re-pad and mask them); regions keep the padding
         local_tokens = self.local(x).permute(0, 2, 3, 1)[:, :(height + 3) // 4, :(width + 3) // 4]  # stride 4
         return local_tokens, self.region(x).permute(0, 2, 3, 1)
