@@ -5,7 +5,9 @@ The package at REV is read with ``git archive`` into a temporary folder and impo
 so both versions live in one process; each variant is built from both with the same weights (the state
 dict of today's model, loaded by name into REV's where the layout is unchanged). Per variant and size: inference and train-step
 images/s, medians over interleaved rounds, with ratios today / REV, today / vit-pytorch (same config
-and weights) and, for ``maxvit_reg_tiny``, today / timm's ``maxvit_tiny_tf_224`` (at 224). Sizes that
+and weights) and, for ``maxvit_reg_tiny``, today / timm's ``maxvit_tiny_tf_224`` (at 224). ``--ref-config``
+builds every side at the vit-pytorch reference's configuration instead (the targets' rows of
+``benchmarks.run``). Sizes that
 need padding are reported per real pixel against the first size. Nothing is written; the table is the
 result.
 """
@@ -83,6 +85,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--no-train', action='store_true', help='inference only')
+    parser.add_argument('--ref-config', action='store_true',
+                        help="each variant at its vit-pytorch reference's configuration (from_vit_pytorch, NCHW, as "
+                             "benchmarks.run times it on a CPU) instead of the registered one")
     args = parser.parse_args(argv)
     if tune_malloc():
         warm_heap(default_heap_gib())
@@ -96,20 +101,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         package = import_revision(args.rev, Path(tmp))
         for name in args.variants:
-            today = timm.create_model(name).to(memory_format=torch.channels_last)
-            contenders = {
-                'today': today,
-                args.rev: revision_model(package, name, today).to(memory_format=torch.channels_last),
-            }
             reference = vit_pytorch_reference(name)
+            if args.ref_config:
+                if reference is None:
+                    raise SystemExit(f'{name} has no vit-pytorch reference')
+                torch.manual_seed(0)
+                contenders = {'today': timm_vitvariants.from_vit_pytorch(reference),
+                              args.rev: package.from_vit_pytorch(reference)}
+            else:
+                today = timm.create_model(name).to(memory_format=torch.channels_last)
+                contenders = {
+                    'today': today,
+                    args.rev: revision_model(package, name, today).to(memory_format=torch.channels_last),
+                }
             if reference is not None:
                 contenders['vit-pytorch'] = reference
             per_pixel: Dict[str, float] = {}
             for size in args.sizes:
-                batch = torch.randn(args.batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
+                batch = torch.randn(args.batch_size, 3, size, size)
+                if not args.ref_config:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
                 runners = dict(contenders)
                 counterpart = TIMM_COUNTERPARTS.get(name)
-                if counterpart and size == 224:
+                if counterpart and size == 224 and not args.ref_config:
                     runners[counterpart] = timm.create_model(counterpart).to(memory_format=torch.channels_last)
                 timed = [Contender(label, model) for label, model in runners.items() if takes(model, batch)]
                 for c in timed:
