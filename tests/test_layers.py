@@ -37,6 +37,32 @@ def test_scaled_dot_attention_with_different_key_and_value_widths(key_dim, value
     torch.testing.assert_close(out, reference_attention(q, k, v, bias))
 
 
+@pytest.mark.parametrize('key_dim, keys, explicit', [(32, 49, True), (40, 64, True), (64, 49, False), (32, 65, False)])
+def test_attention_that_needs_a_gradient_takes_the_explicit_path_on_short_narrow_heads(
+        key_dim, keys, explicit, monkeypatch):
+    """On the CPU, short narrow heads that need a gradient skip SDPA (its flash backward is slower there);
+    inference, wider heads and longer key sequences keep it. Outputs and gradients agree either way."""
+    sdpa = F.scaled_dot_product_attention
+    calls = []
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 9, key_dim), torch.randn(2, 3, keys, key_dim), torch.randn(2, 3, keys, key_dim)
+    with torch.no_grad():
+        scaled_dot_attention(q, k, v)
+    assert len(calls) == 1  # inference: always fused
+    calls.clear()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = scaled_dot_attention(*leaves)
+    out.square().sum().backward()
+    assert len(calls) == (0 if explicit else 1)
+    expected_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    expected = reference_attention(*expected_leaves)
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected)
+    for leaf, expected_leaf in zip(leaves, expected_leaves):
+        torch.testing.assert_close(leaf.grad, expected_leaf.grad)
+
+
 def test_partitions_invert():
     x = torch.randn(2, 6, 8, 3)
     torch.testing.assert_close(window_reverse(window_partition(x, (3, 4)), (3, 4), 6, 8), x)
