@@ -133,6 +133,37 @@ def test_window_attention_global_and_local_conv():
     torch.testing.assert_close(attn(x), attn.proj(expected))
 
 
+@pytest.mark.parametrize('channels_last_weight', [False, True])
+def test_local_conv_runs_in_its_weight_s_format_where_the_weight_is_bigger(channels_last_weight):
+    """A full local conv on a small map runs on an NCHW copy of the map (reordering the bigger weight on every
+    call costs more), unless the weight itself is channels-last; same outputs and gradients either way."""
+    torch.manual_seed(0)
+    width = 48  # 48 x 48 x 3 x 3 weight elements against 2 x 48 x 4 x 5 map elements
+    conv = torch.nn.Conv2d(width, width, 3, padding=1)
+    attn = WindowAttention(16, num_heads=2, head_dim=8, window_size=None, value_dim=24, local_conv=conv)
+    if channels_last_weight:
+        attn = attn.to(memory_format=torch.channels_last)
+    seen = []
+    conv.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    x = torch.randn(2, 4, 5, 16, requires_grad=True)
+    out = attn(x)
+    out.square().sum().backward()
+    assert seen == [not channels_last_weight]
+    expected_attn = WindowAttention(16, num_heads=2, head_dim=8, window_size=None, value_dim=24,
+                                    local_conv=torch.nn.Conv2d(width, width, 3, padding=1))
+    expected_attn.load_state_dict(attn.state_dict())
+    x2 = x.detach().clone().requires_grad_()
+    q, k, v = expected_attn.qkv(x2).flatten(1, 2).split([16, 16, 48], -1)
+    heads = [t.unflatten(-1, (2, -1)).transpose(1, 2) for t in (q, k, v)]
+    expected = reference_attention(*heads).transpose(1, 2).flatten(2).reshape(2, 4, 5, 48)
+    expected = expected_attn.proj(expected + expected_attn.local_conv(v.reshape(2, 4, 5, 48).permute(0, 3, 1, 2))
+                                  .permute(0, 2, 3, 1))
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(conv.weight.grad, expected_attn.local_conv.weight.grad)
+
+
 @pytest.mark.parametrize('size, reduction', [((8, 8), 4), ((9, 7), 2), ((3, 2), 4), ((5, 5), 1)])
 def test_reduced_kv_attention(size, reduction):
     torch.manual_seed(0)

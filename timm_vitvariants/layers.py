@@ -764,7 +764,7 @@ class WindowAttention(HeadsAttention):
     Maps that do not divide into windows are zero-padded at the bottom and right and the padded
     keys are masked, so outputs on the real map do not depend on the padding. ``window_size=None``
     is one window over the whole map (global attention). ``value_dim`` may differ from the key
-    width (``head_dim``). An optional ``local_conv`` maps the (B, heads * value_dim, H, W) values
+    width (``head_dim``). An optional ``local_conv`` (a conv) maps the (B, heads * value_dim, H, W) values
     to a term added to the attention output before the projection (ScalableViT's local interactive
     module, CSWin's LePE).
     """
@@ -779,7 +779,7 @@ class WindowAttention(HeadsAttention):
             qkv_bias: bool = False,
             attn_drop: float = 0.,
             proj_drop: float = 0.,
-            local_conv: Optional[nn.Module] = None,
+            local_conv: Optional[nn.Conv2d] = None,
             device=None,
             dtype=None,
     ):
@@ -795,7 +795,14 @@ class WindowAttention(HeadsAttention):
         qkv = self.qkv(x)  # (B, H, W, 2 * key_width + value_width)
         local = None
         if self.local_conv is not None:
-            local = self.local_conv(qkv[..., 2 * self.key_width:].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            values = qkv[..., 2 * self.key_width:].permute(0, 3, 1, 2)  # (B, value_width, H, W), channels-last
+            weight = self.local_conv.weight
+            if weight.is_contiguous() and weight.numel() > values.numel():
+                # a conv whose map and weight differ in memory format reorders the weight on every call,
+                # forward and backward: where the weight is the bigger (a full 3x3 conv on a 7x7 map),
+                # reorder the map instead
+                values = values.contiguous()
+            local = self.local_conv(values).permute(0, 2, 3, 1)
         qkv = pad_to_multiple(qkv, window)  # padded queries are cropped, padded keys masked
         Hp, Wp = qkv.shape[1], qkv.shape[2]
         windows = window_partition(qkv, window)  # (B * nW, N, 2 * key_width + value_width)
