@@ -51,11 +51,11 @@ def scaled_dot_attention(
     ``fused=False`` is the explicit reference path (timm's ``use_fused_attn`` switch). It is also taken
     for a bias that needs a gradient on the CPU: the CPU kernels cannot return one, and SDPA's own
     fallback for that case runs ~15% slower than this path (safety checks, a copy of q/k/v), and for
-    short, narrow heads that need a gradient on the CPU (:func:`_explicit_for_grad`).
+    short, narrow fp32 heads on the CPU, where it is the faster path (:func:`_explicit_is_faster`).
     """
     explicit = not fused or (attn_bias is not None and attn_bias.requires_grad and q.device.type == 'cpu')
     if not explicit and not torch.jit.is_scripting():
-        explicit = _explicit_for_grad(q, k)
+        explicit = _explicit_is_faster(q, k)
     if not explicit:
         if value_pad > 0:
             v = F.pad(v, (0, value_pad))
@@ -74,18 +74,22 @@ def scaled_dot_attention(
     return attn @ v
 
 
-# The CPU flash kernel's backward is slow on short, narrow heads: forward + backward at batch 8 on a 2-core AMD
-# EPYC, 7x7 windows of 32 channels ran 1.3-1.6x faster on the explicit path, 49 reduced keys of 40 channels
-# 1.2-1.5x; at 64 channels or 197 keys the two are even or flash wins (49 keys x 64: 1.3-1.8x).
-EXPLICIT_GRAD_MAX_HEAD_DIM = 40
-EXPLICIT_GRAD_MAX_KEYS = 64
+# On short, narrow heads (a 7x7 window, 49 reduced keys) the CPU flash kernel is overhead-bound: its blocks are
+# the whole problem, and its backward recomputes the attention. The explicit path's two batched GEMMs and
+# softmax over a (49, 49) matrix that stays in cache ran faster on a 2-core AMD EPYC, batch 8, per shape:
+# inference 0.9-2.1x (all attention of a forward: maxvit_reg_tiny 135 -> 109 ms, twinssvt_small 82 -> 51 ms),
+# forward + backward 1.2-1.6x (0.96-1.04x with 784-3136 queries). At 64 channels or 197 keys the two are even
+# or flash wins (49 keys x 64 channels, forward + backward: flash 1.3-1.8x). Either limit at 0 keeps SDPA.
+EXPLICIT_MAX_HEAD_DIM = 40
+EXPLICIT_MAX_KEYS = 64
 
 
 @torch.jit.unused
-def _explicit_for_grad(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether attention that needs a gradient runs faster on the explicit path: eager CPU, short narrow heads."""
-    return (q.requires_grad and q.device.type == 'cpu' and q.shape[-1] <= EXPLICIT_GRAD_MAX_HEAD_DIM
-            and k.shape[-2] <= EXPLICIT_GRAD_MAX_KEYS and not compiling() and not torch.jit.is_tracing())
+def _explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether attention over ``q``, ``k`` runs faster on the explicit path: eager fp32 CPU, short narrow heads."""
+    return (q.device.type == 'cpu' and q.dtype == torch.float32 and q.shape[-1] <= EXPLICIT_MAX_HEAD_DIM
+            and k.shape[-2] <= EXPLICIT_MAX_KEYS and not compiling() and not torch.jit.is_tracing()
+            and not _cpu_autocast())
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
