@@ -105,9 +105,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.ref_config:
                 if reference is None:
                     raise SystemExit(f'{name} has no vit-pytorch reference')
-                torch.manual_seed(0)
-                contenders = {'today': timm_vitvariants.from_vit_pytorch(reference),
-                              args.rev: package.from_vit_pytorch(reference)}
+                # REV's own class with the converted model's arguments and weights (REV's from_vit_pytorch
+                # would build today's classes: the converters resolve families by today's module names)
+                today = timm_vitvariants.from_vit_pytorch(reference)
+                contenders = {'today': today, args.rev: revision_model(package, name, today)}
             else:
                 today = timm.create_model(name).to(memory_format=torch.channels_last)
                 contenders = {
