@@ -76,6 +76,18 @@ def test_matmul_peak_sweeps_the_sizes_asked_and_warm_up_rounds_skip_the_probe():
     assert len(calls) == 2  # timed rounds only
 
 
+def test_interleaved_rounds_rotate_the_order_and_keep_each_contender_s_times():
+    """Every contender runs first equally often (position effects cancel); each keeps its own times."""
+    order = []
+    contenders = [run.Contender(label, None) for label in 'abc']
+    for c in contenders:
+        c.infer = lambda label=c.label: order.append(label)
+    run.time_interleaved(contenders, 'infer', 3, torch.device('cpu'), run.PeakProbe(8, 'cpu', torch.float32), 3)
+    rounds = [''.join(order[i:i + 3]) for i in range(0, len(order), 3)]
+    assert rounds == ['abc', 'bca', 'cab', 'abc', 'bca', 'cab']
+    assert all(len(c.times['infer']) == 3 for c in contenders)
+
+
 def test_warm_heap_leaves_its_pages_mapped_for_the_steps_after_it():
     """In a fresh process (it turns heap trimming off for good): after warm_heap, a block as large as the
     warmed heap is allocated and written with no page faults, and without it the same block faults."""
