@@ -87,9 +87,7 @@ EXPLICIT_MAX_KEYS = 64
 @torch.jit.unused
 def _explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether attention over ``q``, ``k`` runs faster on the explicit path: eager fp32 CPU, short narrow heads."""
-    return (q.device.type == 'cpu' and q.dtype == torch.float32 and q.shape[-1] <= EXPLICIT_MAX_HEAD_DIM
-            and k.shape[-2] <= EXPLICIT_MAX_KEYS and not compiling() and not torch.jit.is_tracing()
-            and not _cpu_autocast())
+    return q.shape[-1] <= EXPLICIT_MAX_HEAD_DIM and k.shape[-2] <= EXPLICIT_MAX_KEYS and _eager_fp32_cpu(q)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -128,15 +126,22 @@ def onednn_fusable(x: torch.Tensor) -> bool:
     (no grad, no autocast, oneDNN enabled), not under TorchScript, tracing, FX, export or compile."""
     if torch.jit.is_scripting():
         return False
-    return _eager_fp32_cpu(x) and not torch.is_grad_enabled()
+    return _onednn_eager_fp32_cpu(x) and not torch.is_grad_enabled()
 
 
 @torch.jit.unused  # TorchScript never asks (the callers check is_scripting first)
 def _eager_fp32_cpu(x: torch.Tensor) -> bool:
+    """A plain fp32 CPU tensor in eager mode: no tracer, compiler, torch.func transform or autocast."""
     return (  # tracers first: dynamo folds compiling() to True and reads no further
-        _ONEDNN_FUSION and not compiling() and not torch.jit.is_tracing() and not _functorch()
+        not compiling() and not torch.jit.is_tracing() and not _functorch()
         and type(x) is torch.Tensor and x.dtype == torch.float32 and x.device.type == 'cpu'
-        and torch.backends.mkldnn.enabled and not _cpu_autocast())
+        and not _cpu_autocast())
+
+
+@torch.jit.unused
+def _onednn_eager_fp32_cpu(x: torch.Tensor) -> bool:
+    """:func:`_eager_fp32_cpu` where oneDNN's ops are available and enabled."""
+    return _ONEDNN_FUSION and _eager_fp32_cpu(x) and torch.backends.mkldnn.enabled
 
 
 @torch.jit.unused
@@ -275,7 +280,7 @@ class _OneDnnLinear(torch.autograd.Function):
 def _linear_on_onednn(x: torch.Tensor, narrow: bool) -> bool:
     """Every linear where :func:`onednn_gemm`; a narrow one in inference where the host's narrow GEMMs prefer it."""
     wanted = _ONEDNN_GEMM or (narrow and _ONEDNN_NARROW and not torch.is_grad_enabled())
-    return wanted and _eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
+    return wanted and _onednn_eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
 
 
 def linear(
