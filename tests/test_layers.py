@@ -130,16 +130,22 @@ def test_window_attention_padding_is_invisible(size):
             torch.testing.assert_close(out[:, top:top + 3, left:left + 3].flatten(1, 2), expected)
 
 
+def global_attention_with_local_conv(attn: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """What ``WindowAttention(window_size=None, local_conv=...)`` computes over ``x`` (B, H, W, dim), written out."""
+    B, H, W, _ = x.shape
+    q, k, v = attn.qkv(x).flatten(1, 2).split([attn.key_width, attn.key_width, attn.value_width], -1)
+    heads = [t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v)]
+    out = reference_attention(*heads).transpose(1, 2).flatten(2).reshape(B, H, W, attn.value_width)
+    out = out + attn.local_conv(v.reshape(B, H, W, -1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return attn.proj(out)
+
+
 def test_window_attention_global_and_local_conv():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 6, 3, padding=1)
     attn = WindowAttention(8, num_heads=2, head_dim=4, window_size=None, value_dim=3, local_conv=conv).eval()
     x = torch.randn(1, 4, 5, 8)
-    q, k, v = attn.qkv(x).flatten(1, 2).split([8, 8, 6], -1)
-    heads = [t.unflatten(-1, (2, -1)).transpose(1, 2) for t in (q, k, v)]
-    expected = reference_attention(*heads).transpose(1, 2).flatten(2).reshape(1, 4, 5, 6)
-    expected = expected + conv(v.reshape(1, 4, 5, 6).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    torch.testing.assert_close(attn(x), attn.proj(expected))
+    torch.testing.assert_close(attn(x), global_attention_with_local_conv(attn, x))
 
 
 @pytest.mark.parametrize('channels_last_weight', [False, True])
@@ -162,11 +168,7 @@ def test_local_conv_runs_in_its_weight_s_format_where_the_weight_is_bigger(chann
                                     local_conv=torch.nn.Conv2d(width, width, 3, padding=1))
     expected_attn.load_state_dict(attn.state_dict())
     x2 = x.detach().clone().requires_grad_()
-    q, k, v = expected_attn.qkv(x2).flatten(1, 2).split([16, 16, 48], -1)
-    heads = [t.unflatten(-1, (2, -1)).transpose(1, 2) for t in (q, k, v)]
-    expected = reference_attention(*heads).transpose(1, 2).flatten(2).reshape(2, 4, 5, 48)
-    expected = expected_attn.proj(expected + expected_attn.local_conv(v.reshape(2, 4, 5, 48).permute(0, 3, 1, 2))
-                                  .permute(0, 2, 3, 1))
+    expected = global_attention_with_local_conv(expected_attn, x2)
     expected.square().sum().backward()
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(x.grad, x2.grad)
