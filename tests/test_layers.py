@@ -37,41 +37,6 @@ def test_scaled_dot_attention_with_different_key_and_value_widths(key_dim, value
     torch.testing.assert_close(out, reference_attention(q, k, v, bias))
 
 
-@pytest.mark.parametrize('key_dim, keys, explicit', [(32, 49, True), (40, 64, True), (64, 49, False), (32, 65, False)])
-def test_short_narrow_cpu_heads_take_the_explicit_path(key_dim, keys, explicit, monkeypatch):
-    """On the CPU, fp32 heads of <= 40 channels over <= 64 keys skip SDPA (the explicit path is faster there), in
-    inference and with a gradient; wider heads and longer key sequences keep it, and so does autocast. Outputs
-    and gradients agree either way."""
-    sdpa = F.scaled_dot_product_attention
-    calls = []
-    monkeypatch.setattr(F, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
-    torch.manual_seed(0)
-    q, k, v = torch.randn(2, 3, 9, key_dim), torch.randn(2, 3, keys, key_dim), torch.randn(2, 3, keys, key_dim)
-    with torch.no_grad():
-        torch.testing.assert_close(scaled_dot_attention(q, k, v), reference_attention(q, k, v))
-        assert len(calls) == (0 if explicit else 1)
-        calls.clear()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            scaled_dot_attention(q, k, v)
-        assert len(calls) == 1
-    calls.clear()
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out = scaled_dot_attention(*leaves)
-    out.square().sum().backward()
-    assert len(calls) == (0 if explicit else 1)
-    expected_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    expected = reference_attention(*expected_leaves)
-    expected.square().sum().backward()
-    torch.testing.assert_close(out, expected)
-    for leaf, expected_leaf in zip(leaves, expected_leaves):
-        torch.testing.assert_close(leaf.grad, expected_leaf.grad)
-    monkeypatch.setattr(layers, 'EXPLICIT_MAX_HEAD_DIM', 0)  # the documented way to keep SDPA everywhere
-    calls.clear()
-    with torch.no_grad():
-        scaled_dot_attention(q, k, v)
-    assert len(calls) == 1
-
-
 def test_partitions_invert():
     x = torch.randn(2, 6, 8, 3)
     torch.testing.assert_close(window_reverse(window_partition(x, (3, 4)), (3, 4), 6, 8), x)

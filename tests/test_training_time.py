@@ -14,7 +14,6 @@ from timm.layers import DropPath, set_fused_attn
 from timm.layers import config as timm_layer_config
 
 from family_specs import SPECS
-from timm_vitvariants import layers
 from timm_vitvariants.layers import WindowDropPath
 
 FAMILIES = list(timm_vitvariants.MODEL_MODULES)
@@ -73,9 +72,7 @@ def restore_fused_attn():
 @pytest.mark.parametrize('family', FAMILIES)
 def test_fused_attention_switch(family, monkeypatch, restore_fused_attn):
     """timm.layers.set_fused_attn (TIMM_FUSED_ATTN, exportable=True) decides, for every attention module,
-    whether F.scaled_dot_product_attention runs; both paths give the same outputs. (With the CPU's own choice
-    of the explicit path for short narrow heads switched off: the tiny configurations are all such heads.)"""
-    monkeypatch.setattr(layers, 'EXPLICIT_MAX_HEAD_DIM', 0)
+    whether F.scaled_dot_product_attention runs; both paths give the same outputs."""
     sdpa = F.scaled_dot_product_attention
     calls = []
     monkeypatch.setattr(F, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))

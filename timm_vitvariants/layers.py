@@ -50,13 +50,9 @@ def scaled_dot_attention(
     (zero value channels are cropped, zero key channels add nothing to q k^T; the scale stays d's).
     ``fused=False`` is the explicit reference path (timm's ``use_fused_attn`` switch). It is also taken
     for a bias that needs a gradient on the CPU: the CPU kernels cannot return one, and SDPA's own
-    fallback for that case runs ~15% slower than this path (safety checks, a copy of q/k/v), and for
-    short, narrow fp32 heads on the CPU, where it is the faster path (:func:`_explicit_is_faster`).
+    fallback for that case runs ~15% slower than this path (safety checks, a copy of q/k/v).
     """
-    explicit = not fused or (attn_bias is not None and attn_bias.requires_grad and q.device.type == 'cpu')
-    if not explicit and not torch.jit.is_scripting():
-        explicit = _explicit_is_faster(q, k)
-    if not explicit:
+    if fused and not (attn_bias is not None and attn_bias.requires_grad and q.device.type == 'cpu'):
         if value_pad > 0:
             v = F.pad(v, (0, value_pad))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)[..., :-value_pad]
@@ -72,22 +68,6 @@ def scaled_dot_attention(
     if dropout_p > 0.:
         attn = F.dropout(attn, p=dropout_p)
     return attn @ v
-
-
-# On short, narrow heads (a 7x7 window, 49 reduced keys) the CPU flash kernel is overhead-bound: its blocks are
-# the whole problem, and its backward recomputes the attention. The explicit path's two batched GEMMs and
-# softmax over a (49, 49) matrix that stays in cache ran faster on a 2-core AMD EPYC, batch 8, per shape:
-# inference 0.9-2.1x (all attention of a forward: maxvit_reg_tiny 135 -> 109 ms, twinssvt_small 82 -> 51 ms),
-# forward + backward 1.2-1.6x (0.96-1.04x with 784-3136 queries). At 64 channels or 197 keys the two are even
-# or flash wins (49 keys x 64 channels, forward + backward: flash 1.3-1.8x). Either limit at 0 keeps SDPA.
-EXPLICIT_MAX_HEAD_DIM = 40
-EXPLICIT_MAX_KEYS = 64
-
-
-@torch.jit.unused
-def _explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether attention over ``q``, ``k`` runs faster on the explicit path: eager fp32 CPU, short narrow heads."""
-    return q.shape[-1] <= EXPLICIT_MAX_HEAD_DIM and k.shape[-2] <= EXPLICIT_MAX_KEYS and _eager_fp32_cpu(q)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -126,22 +106,15 @@ def onednn_fusable(x: torch.Tensor) -> bool:
     (no grad, no autocast, oneDNN enabled), not under TorchScript, tracing, FX, export or compile."""
     if torch.jit.is_scripting():
         return False
-    return _onednn_eager_fp32_cpu(x) and not torch.is_grad_enabled()
+    return _eager_fp32_cpu(x) and not torch.is_grad_enabled()
 
 
 @torch.jit.unused  # TorchScript never asks (the callers check is_scripting first)
 def _eager_fp32_cpu(x: torch.Tensor) -> bool:
-    """A plain fp32 CPU tensor in eager mode: no tracer, compiler, torch.func transform or autocast."""
     return (  # tracers first: dynamo folds compiling() to True and reads no further
-        not compiling() and not torch.jit.is_tracing() and not _functorch()
+        _ONEDNN_FUSION and not compiling() and not torch.jit.is_tracing() and not _functorch()
         and type(x) is torch.Tensor and x.dtype == torch.float32 and x.device.type == 'cpu'
-        and not _cpu_autocast())
-
-
-@torch.jit.unused
-def _onednn_eager_fp32_cpu(x: torch.Tensor) -> bool:
-    """:func:`_eager_fp32_cpu` where oneDNN's ops are available and enabled."""
-    return _ONEDNN_FUSION and _eager_fp32_cpu(x) and torch.backends.mkldnn.enabled
+        and torch.backends.mkldnn.enabled and not _cpu_autocast())
 
 
 @torch.jit.unused
@@ -280,7 +253,7 @@ class _OneDnnLinear(torch.autograd.Function):
 def _linear_on_onednn(x: torch.Tensor, narrow: bool) -> bool:
     """Every linear where :func:`onednn_gemm`; a narrow one in inference where the host's narrow GEMMs prefer it."""
     wanted = _ONEDNN_GEMM or (narrow and _ONEDNN_NARROW and not torch.is_grad_enabled())
-    return wanted and _onednn_eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
+    return wanted and _eager_fp32_cpu(x) and x.numel() > 0  # an empty batch: oneDNN's conv refuses it
 
 
 def linear(
