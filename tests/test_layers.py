@@ -271,16 +271,21 @@ def linear_and_grads(linear, x, create_graph=False):
 
 
 @pytest.mark.parametrize('bias', [True, False])
-def test_onednn_linear_forward_and_backward_match_nn_linear(host_gemm, bias):
-    """Every GEMM on oneDNN, with nn.Linear's numbers, for non-contiguous inputs (a cropped NHWC map) too."""
+@pytest.mark.parametrize('features, map_size, weight_grad_op', [
+    ((24, 40), (7, 5), 'aten::mm'),  # few tokens: the weight gradient as aten's mm
+    ((40, 24), (70, 30), 'aten::convolution_backward'),  # 4200 tokens into a narrowing layer: as a 1x1 conv's
+])
+def test_onednn_linear_forward_and_backward_match_nn_linear(host_gemm, bias, features, map_size, weight_grad_op):
+    """The forward and input gradient on oneDNN, the weight gradient on the GEMM that wins at its shape, with
+    nn.Linear's numbers, for non-contiguous inputs (a cropped NHWC map) too."""
     torch.manual_seed(0)
-    linear = Linear(24, 40, bias=bias)
-    x = torch.randn(2, 9, 11, 24)[:, :7, :5]
+    linear = Linear(*features, bias=bias)
+    x = torch.randn(2, map_size[0] + 2, map_size[1] + 3, features[0])[:, :map_size[0], :map_size[1]]
     set_onednn_gemm(True)
     assert onednn_gemm(x)
     ops = ops_run(lambda: linear_and_grads(linear, x))
-    assert {'mkldnn::_linear_pointwise', 'aten::convolution_backward'} <= ops  # the weight gradient as a conv's
-    assert not ops & {'aten::mm', 'aten::addmm', 'aten::linear'}
+    assert {'mkldnn::_linear_pointwise', weight_grad_op} <= ops
+    assert not ops & {'aten::addmm', 'aten::linear', 'aten::mm', 'aten::convolution_backward'} - {weight_grad_op}
     y, grads = linear_and_grads(linear, x)
     set_onednn_gemm(False)
     assert not onednn_gemm(x) and not onednn_fused_ops(lambda: linear_and_grads(linear, x))

@@ -216,10 +216,15 @@ def _as_nhwc_map(x: torch.Tensor) -> torch.Tensor:
     return x.view(1, x.shape[0], 1, x.shape[1]).permute(0, 3, 1, 2)
 
 
+_CONV_WEIGHT_GRAD_MIN_TOKENS = 4096
+
+
 class _OneDnnLinear(torch.autograd.Function):
-    """x W^T + b with every GEMM on oneDNN: forward and input gradient as linears, the weight gradient
-    as a 1x1 conv's (no linear op of oneDNN's returns it; 6272 x 1536 -> 384: 28 vs 41 ms for torch.mm,
-    same host as above)."""
+    """x W^T + b with the forward and input gradient as oneDNN linears. The weight gradient (no linear op of
+    oneDNN's returns it) is aten's mm, except where many tokens feed a narrowing layer: there a 1x1 conv's
+    weight gradient on oneDNN wins (2-core AVX-512 AMD EPYC, GFLOP/s mm vs conv: 1568 x 1024 -> 256 154 vs 90,
+    1576 x 2048 -> 768 176 vs 125, 25088 x 64 -> 256 140 vs 113; 25600 x 256 -> 64 119 vs 167, 6400 x 512
+    -> 128 157 vs 178). The conv pays a copy of its (O, I, 1, 1) result that few tokens do not amortise."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -240,7 +245,10 @@ class _OneDnnLinear(torch.autograd.Function):
         else:
             if ctx.needs_input_grad[0]:
                 grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, 'none', [], '')
-            if ctx.needs_input_grad[1]:
+            if ctx.needs_input_grad[1] and (grad_2d.shape[0] < _CONV_WEIGHT_GRAD_MIN_TOKENS
+                                            or out_features >= in_features):
+                grad_weight = grad_2d.t() @ x_2d
+            elif ctx.needs_input_grad[1]:
                 grad_weight = torch.ops.aten.convolution_backward(
                     _as_nhwc_map(grad_2d), _as_nhwc_map(x_2d), weight[:, :, None, None], None,
                     [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1].view(out_features, in_features)
