@@ -238,20 +238,19 @@ class _OneDnnLinear(torch.autograd.Function):
         out_features, in_features = weight.shape
         grad_2d = grad.reshape(-1, out_features)  # (tokens, out_features)
         x_2d = x.reshape(-1, in_features)
+        create_graph = torch.is_grad_enabled()  # then the plain, differentiable products (exact second order)
         grad_x = grad_weight = grad_bias = None
-        if torch.is_grad_enabled():  # create_graph: the plain, differentiable products (exact second order)
-            grad_x = grad @ weight if ctx.needs_input_grad[0] else None
-            grad_weight = grad_2d.t() @ x_2d if ctx.needs_input_grad[1] else None
-        else:
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, 'none', [], '')
-            if ctx.needs_input_grad[1] and (grad_2d.shape[0] < _CONV_WEIGHT_GRAD_MIN_TOKENS
-                                            or out_features >= in_features):
-                grad_weight = grad_2d.t() @ x_2d
-            elif ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ weight if create_graph else torch.ops.mkldnn._linear_pointwise(
+                grad, weight.t(), None, 'none', [], '')
+        if ctx.needs_input_grad[1]:
+            if (not create_graph and grad_2d.shape[0] >= _CONV_WEIGHT_GRAD_MIN_TOKENS
+                    and out_features < in_features):
                 grad_weight = torch.ops.aten.convolution_backward(
                     _as_nhwc_map(grad_2d), _as_nhwc_map(x_2d), weight[:, :, None, None], None,
                     [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1].view(out_features, in_features)
+            else:
+                grad_weight = grad_2d.t() @ x_2d
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_2d.sum(0)
         return grad_x, grad_weight, grad_bias
